@@ -69,6 +69,16 @@ class Task(abc.ABC):
     """Eval chunk `index` of `split`, rows [row_start, row_start + num_rows); state carries across chunks."""
 
   @property
+  def steps_per_epoch(self) -> int | None:
+    """Training steps in one pass over the data (learning-rate schedules decay per epoch); None if unknown."""
+    return None
+
+  @property
+  def tokens_per_step(self) -> int | None:
+    """Target positions in one global training batch (for tokens/s); None to count weights instead."""
+    return None
+
+  @property
   def eval_batch_size(self) -> int:
     """Rows of one global eval batch."""
     return self.global_batch_size
