@@ -1,0 +1,35 @@
+"""Helpers shared by the layer tests: random weights and reading them back for the NumPy reference."""
+
+import keras
+import numpy as np
+
+import numpy_reference
+
+
+def randomize_weights(cell, seed: int, scale: float = 0.5) -> None:
+  """Gives every weight of a built cell a random value, so that each variant's weights matter.
+
+  Layer-norm gains are drawn around 1 and every other weight around 0 with standard deviation `scale`.
+  """
+  rng = np.random.default_rng(seed)
+  for name in numpy_reference.ALL_WEIGHTS:
+    variable = getattr(cell, name, None)
+    if variable is None:
+      continue
+    value = rng.normal(0.0, scale, variable.shape)
+    if name.endswith("_gamma"):
+      value = 1.0 + 0.2 * rng.normal(size=variable.shape)
+    variable.assign(value.astype(variable.dtype))
+
+
+def cell_weights(cell) -> dict:
+  """The cell's weights as NumPy arrays, keyed by attribute name (only those the variant has)."""
+  return {name: keras.ops.convert_to_numpy(getattr(cell, name))
+          for name in numpy_reference.ALL_WEIGHTS if getattr(cell, name, None) is not None}
+
+
+def reference_kwargs(cell) -> dict:
+  """The cell's non-weight settings, as keyword arguments of `numpy_reference.lstm_step`."""
+  return dict(cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
+              layer_norm_epsilon=cell.layer_norm_epsilon, zoneout_cell=cell.zoneout_cell,
+              zoneout_hidden=cell.zoneout_hidden)
