@@ -1,0 +1,13 @@
+"""Keras 3 LSTM layers with the recurrent state passed in and out explicitly.
+
+  cell = LSTMCell(units, ...);            output, new_state = cell(x_t, state)
+  lstm = LSTM(units, ...);                outputs, final_state = lstm(x, initial_state)
+  stacked = StackedLSTM(units, n, ...);   outputs, states = stacked(x, initial_states)
+"""
+
+from layers.lstm import LSTM
+from layers.lstm_cell import LSTMCell, lstm_gates
+from layers.stacked import StackedLSTM
+from layers.state import LSTMState, reset_rows, zero_state
+
+__all__ = ["LSTM", "LSTMCell", "LSTMState", "StackedLSTM", "lstm_gates", "reset_rows", "zero_state"]

@@ -1,0 +1,213 @@
+"""The sequence layer: an `LSTMCell` run over time in a graph loop, with the state in and out explicitly."""
+
+from typing import NamedTuple
+
+import keras
+import tensorflow as tf
+
+from layers import validation
+from layers.base import StatefulCallLayer
+from layers.lstm_cell import CELL_ARGUMENTS, LSTMCell
+from layers.state import LSTMState
+
+
+class _StepInputs(NamedTuple):
+  """What the recurrent loop reads at step t (each entry [B, ...], or None)."""
+
+  xz: tf.Tensor
+  mask: tf.Tensor | None
+  zoneout_c: tf.Tensor | None
+  zoneout_h: tf.Tensor | None
+
+
+def recurrent_loop(step_fn, inputs: _StepInputs, state: LSTMState, output_size: int, output_dtype):
+  """Runs `step_fn` over the leading (time) axis of `inputs` in a `tf.while_loop`.
+
+  A masked step (mask False) carries the previous state unchanged and emits a zero output row.
+
+  Args:
+    step_fn: (xz_t [B, 4u], state, zoneout_t or None) -> (output [B, out], new_state).
+    inputs: _StepInputs of time-major tensors [T, B, ...]; mask [T, B] bool.
+    state: Initial LSTMState.
+    output_size: out, for the output TensorArray's element shape.
+    output_dtype: dtype of the outputs.
+
+  Returns:
+    (outputs [T, B, out], final LSTMState).
+  """
+  steps = tf.shape(inputs.xz)[0]
+  present = {k: v for k, v in inputs._asdict().items() if v is not None}
+  arrays = {k: tf.TensorArray(v.dtype, size=steps, element_shape=v.shape[1:]).unstack(v)
+            for k, v in present.items()}
+  batch = inputs.xz.shape[1]
+  outputs = tf.TensorArray(output_dtype, size=steps, element_shape=[batch, output_size])
+
+  def body(t, state, outputs):
+    step = {k: a.read(t) for k, a in arrays.items()}
+    zoneout = (step["zoneout_c"], step["zoneout_h"]) if "zoneout_c" in step else None
+    output, new_state = step_fn(step["xz"], state, zoneout)
+    if "mask" in step:
+      keep = step["mask"][:, None]
+      new_state = LSTMState(*(tf.where(keep, n, p) for n, p in zip(new_state, state)))
+      output = tf.where(keep, output, tf.zeros_like(output))
+    return t + 1, new_state, outputs.write(t, output)
+
+  _, final_state, outputs = tf.while_loop(lambda t, *_: t < steps, body, (0, state, outputs),
+                                          maximum_iterations=steps)
+  return outputs.stack(), final_state
+
+
+@keras.saving.register_keras_serializable(package="tbptt")
+class LSTM(StatefulCallLayer):
+  """An LSTM over a sequence: `outputs, final_state = lstm(x, initial_state=None, mask=None, training=False)`.
+
+  The time loop is a `tf.while_loop` (eager, `tf.function`, `jit_compile=True`, unknown batch and time
+  sizes, `tf.distribute` all work). The input projection of every step is computed before the loop in one
+  matmul; dropout masks are drawn once per call (variational dropout).
+
+  Args:
+    units: Cell size u.
+    time_major: Inputs and outputs are [T, B, ...] instead of [B, T, ...].
+    return_sequences: Return outputs for every step [B, T, out]; else only the last [B, out].
+    return_state: Return `(outputs, final_state)`; else only outputs.
+    stateful: Keep the final state between calls (the batch size is fixed by the first call);
+      `reset_state()` zeroes it. An explicit `initial_state` wins over the kept state.
+    **kwargs: `LSTMCell` arguments (use_peepholes, num_proj, layer_norm, dropout, ...) and Keras layer
+      arguments (name, dtype, ...).
+  """
+
+  def __init__(self, units: int, *, time_major: bool = False, return_sequences: bool = True,
+               return_state: bool = True, stateful: bool = False, **kwargs):
+    cell_kwargs = {k: kwargs.pop(k) for k in CELL_ARGUMENTS if k in kwargs}
+    super().__init__(**kwargs)
+    self.supports_masking = True
+    self.units = units
+    self.time_major = bool(time_major)
+    self.return_sequences = bool(return_sequences)
+    self.return_state = bool(return_state)
+    self.stateful = bool(stateful)
+    self.cell = LSTMCell(units, dtype=self.dtype_policy, name="cell", **cell_kwargs)
+    self.kept_state = None
+
+  @property
+  def output_size(self) -> int:
+    return self.cell.output_size
+
+  def build(self, input_shape):
+    if len(input_shape) != 3:
+      raise ValueError(f"{self.name}: inputs must have rank 3 ({self._layout()}), "
+                       f"got shape {tuple(input_shape)}")
+    self.cell.build((None, input_shape[-1]))
+    if self.stateful:
+      batch_size = input_shape[1 if self.time_major else 0]
+      if batch_size is None:
+        raise ValueError(f"{self.name}: stateful=True needs a known batch size at the first call, got "
+                         f"input shape {tuple(input_shape)}; call it once eagerly or use a fixed-size Input")
+      dtype = self.cell.state_dtype
+      self.kept_state = LSTMState(
+          h=self.add_weight(name="kept_h", shape=(batch_size, self.output_size),
+                            initializer="zeros", trainable=False, dtype=dtype),
+          c=self.add_weight(name="kept_c", shape=(batch_size, self.units), initializer="zeros",
+                            trainable=False, dtype=dtype))
+
+  def _layout(self):
+    return "[time, batch, features]" if self.time_major else "[batch, time, features]"
+
+  def compute_mask(self, inputs, mask=None):
+    # Keras pairs this with the first output (the sequence); the state carries no mask.
+    return mask if self.return_sequences else None
+
+  def get_initial_state(self, batch_size) -> LSTMState:
+    """Zero state: LSTMState(h [B, out], c [B, u]) in the state dtype (float32 under mixed precision)."""
+    return self.cell.get_initial_state(batch_size)
+
+  def reset_state(self) -> None:
+    """Zeroes the kept state of a stateful layer."""
+    if not self.stateful:
+      raise ValueError(f"{self.name}: reset_state() needs stateful=True, got stateful=False")
+    if self.kept_state is not None:
+      for v in self.kept_state:
+        v.assign(tf.zeros(v.shape, v.dtype))
+
+  def call(self, inputs, initial_state=None, mask=None, training=False):
+    """Runs the LSTM over a sequence.
+
+    Args:
+      inputs: [B, T, F] ([T, B, F] if time_major).
+      initial_state: Optional LSTMState(h [B, out], c [B, u]); zeros (or the kept state) if None.
+      mask: Optional [B, T] bool ([T, B] if time_major); a False step carries the state unchanged and
+        its output is zero.
+      training: Apply dropout and sampled zoneout.
+
+    Returns:
+      `(outputs, final_state)` if return_state else `outputs`. outputs: [B, T, out] ([T, B, out] if
+      time_major) if return_sequences, else [B, out] (the final h). final_state: LSTMState.
+    """
+    inputs = tf.convert_to_tensor(inputs)
+    validation.check_rank(self.name, "inputs", inputs, 3, self._layout())
+    x = tf.cast(inputs, self.compute_dtype)
+    if not self.time_major:
+      x = tf.transpose(x, [1, 0, 2])
+    validation.check_features(self.name, x, self.cell.input_dim)
+    steps, batch_size = tf.shape(x)[0], tf.shape(x)[1]
+    cell = self.cell
+    if initial_state is not None:
+      state = validation.check_state(self.name, initial_state, self.units, self.output_size,
+                                     cell.state_dtype)
+    elif self.stateful:
+      state = LSTMState(*(tf.convert_to_tensor(v.value) for v in self.kept_state))
+    else:
+      state = cell.get_initial_state(batch_size)
+    if mask is not None:
+      mask = tf.cast(mask, tf.bool)
+      if not self.time_major:
+        mask = tf.transpose(mask)
+
+    input_mask, recurrent_mask = cell.get_dropout_masks(batch_size, training)
+    if input_mask is not None:
+      x *= input_mask[None]
+    zoneout = cell.zoneout_keep([steps, batch_size], training)
+    per_step_zoneout = zoneout is not None and zoneout[0].shape.rank == 3
+    weights = cell.step_weights()
+
+    def step_fn(xz, state, zoneout_t):
+      return cell.recurrent_step(xz, state, weights, recurrent_mask,
+                                 zoneout_t if per_step_zoneout else zoneout)
+
+    loop_inputs = _StepInputs(xz=cell.input_projection(x), mask=mask,
+                              zoneout_c=zoneout[0] if per_step_zoneout else None,
+                              zoneout_h=zoneout[1] if per_step_zoneout else None)
+    outputs, final_state = recurrent_loop(step_fn, loop_inputs, state, self.output_size,
+                                          self.compute_dtype)
+    if self.stateful:
+      for variable, value in zip(self.kept_state, final_state):
+        variable.assign(value)
+    if not self.return_sequences:
+      outputs = tf.cast(final_state.h, self.compute_dtype)
+    elif not self.time_major:
+      outputs = tf.transpose(outputs, [1, 0, 2])
+    return (outputs, final_state) if self.return_state else outputs
+
+  def compute_output_spec(self, inputs, initial_state=None, mask=None, training=False):
+    shape = inputs.shape
+    batch, steps = (shape[1], shape[0]) if self.time_major else (shape[0], shape[1])
+    out = self.output_size
+    if self.return_sequences:
+      out_shape = (steps, batch, out) if self.time_major else (batch, steps, out)
+    else:
+      out_shape = (batch, out)
+    outputs = keras.KerasTensor(out_shape, dtype=self.compute_dtype)
+    if not self.return_state:
+      return outputs
+    dtype = self.cell.state_dtype
+    return outputs, LSTMState(h=keras.KerasTensor((batch, out), dtype=dtype),
+                              c=keras.KerasTensor((batch, self.units), dtype=dtype))
+
+  def get_config(self):
+    config = super().get_config()
+    cell_config = self.cell.get_config()
+    config.update({k: cell_config[k] for k in CELL_ARGUMENTS})
+    config.update({"units": self.units, "time_major": self.time_major,
+                   "return_sequences": self.return_sequences, "return_state": self.return_state,
+                   "stateful": self.stateful})
+    return config
