@@ -33,3 +33,23 @@ def reference_kwargs(cell) -> dict:
   return dict(cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
               layer_norm_epsilon=cell.layer_norm_epsilon, zoneout_cell=cell.zoneout_cell,
               zoneout_hidden=cell.zoneout_hidden)
+
+
+# Cell arguments of each variant the reference checks. The clip values are small enough to bind with
+# `randomize_weights` and unit-scale inputs (the tests assert that they do).
+VARIANTS = {
+    "plain": {},
+    "peepholes": dict(use_peepholes=True),
+    "cell_clip": dict(cell_clip=0.3),
+    "projection": dict(num_proj=3, proj_clip=0.15),
+    "layer_norm": dict(layer_norm=True),
+    "zoneout": dict(zoneout_cell=0.3, zoneout_hidden=0.2),
+    "peepholes_projection_clips": dict(use_peepholes=True, num_proj=3, proj_clip=0.2, cell_clip=0.4),
+    "everything": dict(use_peepholes=True, num_proj=3, proj_clip=0.2, cell_clip=0.4, layer_norm=True,
+                       zoneout_cell=0.1, zoneout_hidden=0.25),
+}
+
+
+def unclipped(kwargs: dict) -> dict:
+  """Reference keyword arguments with the clips removed (to show that a clip binds)."""
+  return dict(kwargs, cell_clip=None, proj_clip=None)
