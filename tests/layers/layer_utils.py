@@ -2,6 +2,7 @@
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 import numpy_reference
 
@@ -53,3 +54,21 @@ VARIANTS = {
 def unclipped(kwargs: dict) -> dict:
   """Reference keyword arguments with the clips removed (to show that a clip binds)."""
   return dict(kwargs, cell_clip=None, proj_clip=None)
+
+
+def built_lstm(layer_cls, units: int, features: int, seed: int = 0, batch: int = 2, **kwargs):
+  """A built `layer_cls(units, **kwargs)` (an `LSTM`) whose cell has random weights and, if stateful,
+  a zero kept state for `batch` rows."""
+  layer = layer_cls(units, **kwargs)
+  shape = [1, batch, features] if kwargs.get("time_major") else [batch, 1, features]
+  layer(tf.zeros(shape))
+  randomize_weights(layer.cell, seed)
+  if kwargs.get("stateful"):
+    layer.reset_state()
+  return layer
+
+
+def copy_cell_weights(source, target) -> None:
+  """Copies every weight of a built cell into another built cell of the same variant."""
+  for name, value in cell_weights(source).items():
+    getattr(target, name).assign(value)
