@@ -1,0 +1,137 @@
+"""Text corpora for language models: files (e.g. Penn Treebank) or the embedded Python-source corpus.
+
+The embedded corpus needs no download: it is the Python standard library's own top-level *.py files,
+read from the running interpreter (`sysconfig.get_paths()["stdlib"]`). The files are sorted by name and
+taken in order up to `stdlib_bytes`; file i of that list goes to valid if i % 10 == 9, to test if
+i % 10 == 4, otherwise to train. It depends on the interpreter's version, so compare numbers across runs of
+one interpreter. Select a split of it with the path value 'stdlib'.
+"""
+
+import os
+import pathlib
+import sysconfig
+
+import gin
+from experiments.data import vocab as vocab_lib
+from experiments.data.tbptt import StreamLayout
+from trainer.errors import ConfigError
+
+STDLIB = "stdlib"
+VOCAB_FILE = "vocab.json"
+SPLITS = ("train", "valid", "test")
+
+
+def stdlib_files(split: str, max_bytes: int) -> list[pathlib.Path]:
+  """The files of one split of the embedded corpus (see the module docstring)."""
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  chosen, total = [], 0
+  for path in sorted(root.glob("*.py")):
+    if total >= max_bytes:
+      break
+    chosen.append(path)
+    total += path.stat().st_size
+  pick = {"train": lambda i: i % 10 not in (4, 9), "valid": lambda i: i % 10 == 9,
+          "test": lambda i: i % 10 == 4}[split]
+  return [p for i, p in enumerate(chosen) if pick(i)]
+
+
+def read_stdlib(split: str, max_bytes: int) -> str:
+  """The text of one split of the embedded corpus: its files joined by a blank line."""
+  return "\n\n".join(p.read_text(encoding="utf-8", errors="replace")
+                     for p in stdlib_files(split, max_bytes))
+
+
+def _read(split: str, path, max_bytes: int) -> str:
+  binding = f"TextCorpus.{split}_path"
+  if path == STDLIB:
+    return read_stdlib(split, max_bytes)
+  try:
+    with open(path, encoding="utf-8", errors="replace") as f:
+      text = f.read()
+  except FileNotFoundError:
+    raise ConfigError(f"{binding}={path!r}: no such file; pass "
+                      f"--gin_bindings=\"{binding}='/path/to/{split}.txt'\"") from None
+  except OSError as e:
+    raise ConfigError(f"{binding}={path!r} cannot be read: {e.strerror}") from None
+  if not text.strip():
+    raise ConfigError(f"{binding}={path!r} is empty; point it at a text file")
+  return text
+
+
+@gin.configurable
+class TextCorpus:
+  """Train/valid/test text as TBPTT streams over one vocabulary.
+
+  The vocabulary is built from the training text and saved as `model_dir/vocab.json`; when that file
+  already exists it is loaded and must equal the one built from the training text (otherwise the ids of
+  a trained model would silently change). Eval tokens missing from it map to `<unk>`.
+
+  Args:
+    model_dir: Where the vocabulary lives (None: keep it in memory only).
+    train_path: Training text file, or 'stdlib' for the embedded corpus. Required.
+    valid_path: Validation text file, or 'stdlib'. Required.
+    test_path: Optional test text file, or 'stdlib'.
+    level: 'char' or 'word' (see `vocab.tokenize`).
+    batch_size: Training rows B (contiguous streams).
+    seq_len: TBPTT chunk length T (tokens).
+    eval_batch_size: Eval rows; defaults to batch_size.
+    stdlib_bytes: Size of the embedded corpus (bytes of source read, before the split).
+
+  Raises:
+    ConfigError: a path is unset, missing or empty; a split is shorter than one batch; the saved
+      vocabulary does not match the training text.
+  """
+
+  def __init__(self, model_dir: str | None = None, *, train_path: str | None = None,
+               valid_path: str | None = None, test_path: str | None = None, level: str = "char",
+               batch_size: int = 32, seq_len: int = 100, eval_batch_size: int | None = None,
+               stdlib_bytes: int = 2_000_000):
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
+                        ("eval_batch_size", eval_batch_size), ("stdlib_bytes", stdlib_bytes)):
+      if value is None and name == "eval_batch_size":
+        continue
+      if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"TextCorpus.{name} must be a positive integer, got {value!r}")
+    if level not in vocab_lib.LEVELS:
+      raise ConfigError(f"TextCorpus.level must be one of {vocab_lib.LEVELS}, got {level!r}")
+    for split, path in (("train", train_path), ("valid", valid_path)):
+      if path is None:
+        raise ConfigError(f"TextCorpus.{split}_path is not set; pass "
+                          f"--gin_bindings=\"TextCorpus.{split}_path='/data/ptb.{split}.txt'\" "
+                          f"(or '{STDLIB}' for the embedded corpus)")
+    self.level = level
+    self.batch_size = batch_size
+    self.seq_len = seq_len
+    self.eval_batch_size = eval_batch_size or batch_size
+    self.paths = {"train": train_path, "valid": valid_path, "test": test_path}
+    texts = {split: _read(split, path, stdlib_bytes)
+             for split, path in self.paths.items() if path is not None}
+
+    train_tokens = vocab_lib.tokenize(texts["train"], level)
+    self.vocab_path = None if model_dir is None else os.path.join(model_dir, VOCAB_FILE)
+    self.vocab = vocab_lib.Vocabulary.build(train_tokens, level)
+    self._vocab_saved = False
+    if self.vocab_path is not None and os.path.exists(self.vocab_path):
+      saved = vocab_lib.Vocabulary.load(self.vocab_path)
+      if saved != self.vocab:
+        raise ConfigError(
+            f"{self.vocab_path} ({saved.level} level, {saved.size} tokens) was built from another "
+            f"training text than TextCorpus.train_path={train_path!r} ({level} level, "
+            f"{self.vocab.size} tokens); use the original text or a new --model_dir")
+      self.vocab, self._vocab_saved = saved, True
+
+    self.train = StreamLayout(self.vocab.encode(train_tokens), batch_size, seq_len,
+                              f"the training text (TextCorpus.train_path={train_path!r})")
+    self.evals = {
+        split: StreamLayout(self.vocab.encode_text(texts[split]), self.eval_batch_size, seq_len,
+                            f"the {split} text (TextCorpus.{split}_path={self.paths[split]!r}) at "
+                            f"eval_batch_size {self.eval_batch_size}")
+        for split in ("valid", "test") if split in texts}
+
+  def save_vocab(self) -> None:
+    """Writes the vocabulary to model_dir (once; an existing file is never rewritten)."""
+    if self.vocab_path is None or self._vocab_saved:
+      return
+    os.makedirs(os.path.dirname(self.vocab_path) or ".", exist_ok=True)
+    self.vocab.save(self.vocab_path)
+    self._vocab_saved = True

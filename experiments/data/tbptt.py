@@ -1,0 +1,79 @@
+"""The TBPTT layout of one long token stream: B contiguous rows cut into T-long chunks.
+
+    ids:      t0 t1 t2 ... t(N-1)
+    streams:  [B, L], L = N // B; row b holds ids[b*L : (b+1)*L] (the tail that does not fit is dropped)
+    chunk k:  inputs  = streams[:, k*T     : (k+1)*T]
+              targets = streams[:, k*T + 1 : (k+1)*T + 1]
+
+so row b of chunk k+1 continues row b of chunk k and the state carried between chunks is exact.
+There are (L - 1) // T chunks per pass. The chunk is selected by a tensor index (a pure function of the
+step), so a resumed run finds its place from the restored step alone.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from trainer.errors import ConfigError
+
+
+class StreamLayout:
+  """B contiguous streams of one token sequence, read in T-long chunks.
+
+  Args:
+    ids: int [N] token ids of the whole split.
+    batch_size: Rows B.
+    seq_len: Chunk length T (tokens).
+    name: What the ids are (for error messages), e.g. "the training text (TextCorpus.train_path=...)".
+
+  Raises:
+    ConfigError: if the stream is shorter than one chunk, B * (T + 1) tokens.
+  """
+
+  def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, name: str = "the text"):
+    ids = np.asarray(ids, np.int32)
+    needed = batch_size * (seq_len + 1)
+    if ids.shape[0] < needed:
+      raise ConfigError(
+          f"{name} has {ids.shape[0]} tokens, fewer than one batch needs: batch_size {batch_size} x "
+          f"(seq_len {seq_len} + 1) = {needed}; use a longer text or smaller batch_size/seq_len")
+    self.batch_size = batch_size
+    self.seq_len = seq_len
+    length = ids.shape[0] // batch_size
+    self.streams = ids[:batch_size * length].reshape(batch_size, length)  # [B, L]
+    self.num_chunks = (length - 1) // seq_len
+    # Built eagerly once, so the tf.functions that read it capture it instead of embedding a copy.
+    self._streams = tf.constant(self.streams)
+
+  @property
+  def tokens_per_pass(self) -> int:
+    """Target positions read in one pass (all chunks, all rows)."""
+    return self.num_chunks * self.batch_size * self.seq_len
+
+  def chunk(self, index, row_start=0, num_rows: int | None = None) -> dict[str, tf.Tensor]:
+    """Chunk `index` of rows [row_start, row_start + num_rows).
+
+    Args:
+      index: Chunk index in [0, num_chunks) (int or scalar int tensor).
+      row_start: First row (int or scalar int tensor).
+      num_rows: Rows to read (Python int); defaults to all B.
+
+    Returns:
+      inputs [b, T] int32, targets [b, T] int32, weights [b, T] float32 (ones), reset [b] bool (True at
+      chunk 0: a new pass over the text starts with a fresh state).
+    """
+    num_rows = self.batch_size if num_rows is None else num_rows
+    index = tf.cast(index, tf.int32)
+    row_start = tf.cast(row_start, tf.int32)
+    window = tf.slice(self._streams, tf.stack([row_start, index * self.seq_len]),
+                      [num_rows, self.seq_len + 1])
+    return {
+        "inputs": window[:, :-1],
+        "targets": window[:, 1:],
+        "weights": tf.ones([num_rows, self.seq_len], tf.float32),
+        "reset": tf.fill([num_rows], tf.equal(index, 0)),
+    }
+
+  def chunk_for_step(self, step, row_start=0, num_rows: int | None = None) -> dict[str, tf.Tensor]:
+    """The training chunk for a global step: chunk `step mod num_chunks`, so passes repeat forever."""
+    index = tf.math.floormod(tf.cast(step, tf.int64), self.num_chunks)
+    return self.chunk(index, row_start, num_rows)
