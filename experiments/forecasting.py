@@ -1,0 +1,374 @@
+"""Sequence-to-sequence forecasting: an LSTM encoder reads a context window, an LSTM decoder emits the horizon.
+
+Every window is an independent sequence, so every batch row has `reset=True`: the trainer zeroes the
+carried state before each chunk and the model's state is just the encoder's (zero) initial state.
+
+Metrics are computed in the original units of the data: MAE, RMSE and MASE, the MAE divided by the MAE of
+the seasonal-naive forecast (repeat the last observed season of the context) on the same windows.
+"""
+
+from typing import Mapping, Sequence
+
+import gin
+import keras
+import numpy as np
+import tensorflow as tf
+
+from experiments import plot
+from experiments.data import series as series_lib
+from layers import LSTM, LSTMCell, LSTMState, zero_state
+from trainer.errors import ConfigError
+from trainer.task import Task
+
+
+@gin.configurable
+class Seq2SeqForecaster(keras.Model):
+  """Encoder-decoder LSTM: `predictions, state = model(inputs, state, training=False)`.
+
+  The encoder `LSTM` reads the context; its final state starts the decoder `LSTMCell`, whose first input
+  is the last context row. Each decoder step emits h(t) -> Dense -> the next value, which is fed back as
+  the next input. In training, where `inputs['teacher_mask']` is True the true previous value is fed
+  instead (teacher forcing); at inference the decoder always runs on its own predictions.
+
+  Inputs are a [B, C, F] context tensor, or a dict:
+    context:      [B, C, F] observed values (normalised).
+    horizon:      [B, H, F] optional true future values (teacher forcing only).
+    teacher_mask: [B, H] bool, optional; step t+1 reads horizon[:, t] where True (training only).
+
+  Args:
+    horizon: Steps H to forecast.
+    num_features: F, the features read and predicted.
+    units: LSTM size of the encoder and the decoder.
+    cell_kwargs: Extra `LSTMCell` arguments for both (dropout, layer_norm, zoneout_*, ...).
+  """
+
+  def __init__(self, horizon: int, num_features: int, *, units: int = 32,
+               cell_kwargs: Mapping | None = None, name: str = "forecaster", **kwargs):
+    super().__init__(name=name, **kwargs)
+    # The state is passed untouched (Keras would cast it to the compute dtype under mixed precision).
+    self._convert_input_args = False
+    self._allow_non_tensor_positional_args = True
+    if int(horizon) < 1 or int(num_features) < 1 or int(units) < 1:
+      raise ConfigError(f"Seq2SeqForecaster: horizon, num_features and units must be positive, got "
+                        f"horizon={horizon}, num_features={num_features}, units={units}")
+    self.horizon = int(horizon)
+    self.num_features = int(num_features)
+    self.units = int(units)
+    cell_kwargs = dict(cell_kwargs or {})
+    self.encoder = LSTM(self.units, return_sequences=False, return_state=True, name="encoder",
+                        **cell_kwargs)
+    self.decoder = LSTMCell(self.units, name="decoder", **cell_kwargs)
+    self.head = keras.layers.Dense(self.num_features, name="head")
+
+  def initial_state(self, batch_size) -> LSTMState:
+    """Zero encoder state: LSTMState(h [B, out], c [B, units]) float32."""
+    return zero_state(batch_size, self.units, self.encoder.output_size)
+
+  def call(self, inputs, state=None, training=False):
+    """Forecasts the horizon.
+
+    Args:
+      inputs: Context [B, C, F] or the dict described in the class docstring.
+      state: Encoder initial LSTMState, or None for zeros.
+      training: Dropout and teacher forcing on.
+
+    Returns:
+      (predictions [B, H, F] float32, the encoder's final LSTMState).
+    """
+    if isinstance(inputs, Mapping):
+      context = inputs["context"]
+      truth, teacher_mask = inputs.get("horizon"), inputs.get("teacher_mask")
+    else:
+      context, truth, teacher_mask = inputs, None, None
+    context = tf.convert_to_tensor(context, tf.float32)
+    _, encoder_state = self.encoder(context, initial_state=state, training=training)
+    teacher = None
+    if training and truth is not None and teacher_mask is not None:
+      teacher = (tf.convert_to_tensor(truth, tf.float32), tf.convert_to_tensor(teacher_mask, tf.bool))
+    return self.decode(context[:, -1, :], encoder_state, teacher, training), encoder_state
+
+  def decode(self, first_input, state: LSTMState, teacher=None, training=False):
+    """Runs the decoder for H steps in a `tf.while_loop`, feeding back each prediction.
+
+    Args:
+      first_input: [B, F], the last observed row.
+      state: Decoder initial LSTMState (the encoder's final state).
+      teacher: None, or (horizon [B, H, F], mask [B, H] bool): where mask[:, t] is True, step t+1 reads
+        horizon[:, t] instead of the prediction.
+      training: Dropout on (one mask per sequence, shared by all decoder steps).
+
+    Returns:
+      [B, H, F] float32.
+    """
+    if not self.decoder.built:
+      self.decoder.build((None, self.num_features))
+    if not self.head.built:
+      self.head.build((None, self.decoder.output_size))
+    batch_size = tf.shape(first_input)[0]
+    dropout_masks = self.decoder.get_dropout_masks(batch_size, training)
+    if teacher is not None:
+      truth = tf.transpose(teacher[0], [1, 0, 2])  # [H, B, F]: the loop reads one step at a time.
+      mask = tf.transpose(teacher[1])[:, :, None]  # [H, B, 1]
+    outputs = tf.TensorArray(tf.float32, size=self.horizon,
+                             element_shape=[first_input.shape[0], self.num_features])
+
+    def body(t, x, state, outputs):
+      out, state = self.decoder(x, state, training=training, dropout_masks=dropout_masks)
+      y = tf.cast(self.head(out), tf.float32)
+      x = y if teacher is None else tf.where(mask[t], truth[t], y)
+      return t + 1, x, state, outputs.write(t, y)
+
+    _, _, _, outputs = tf.while_loop(lambda t, *_: t < self.horizon, body,
+                                     (tf.constant(0), first_input, state, outputs),
+                                     maximum_iterations=self.horizon)
+    return tf.transpose(outputs.stack(), [1, 0, 2])
+
+
+def seasonal_naive(context: tf.Tensor, horizon: int, season_length: int) -> tf.Tensor:
+  """Repeats the last observed season: forecast[t] = context[C - m + (t mod m)].
+
+  Args:
+    context: [B, C, F] with C >= m.
+    horizon: H.
+    season_length: m.
+
+  Returns:
+    [B, H, F].
+  """
+  c = context.shape[1]
+  index = c - season_length + np.arange(horizon) % season_length
+  return tf.gather(context, index, axis=1)
+
+
+@gin.configurable
+class ForecastTask(Task):
+  """Seq2seq forecasting of a (multivariate) series: context C rows in, horizon H rows out.
+
+  Data: `series_fn()` gives the series; it is split by time into train/valid/test, normalised with the
+  training part's statistics (saved to `model_dir/normalization.json`, reused on resume and eval) and cut
+  into windows. Training step s reads windows `perm_e[(s mod S) * B : ...]` where S = steps per epoch and
+  perm_e is a stateless permutation seeded with (seed, e = s div S): a pure function of the step. Eval
+  reads all windows of a split in order.
+
+  Batches: inputs {'context' [b, C, F] (+ 'horizon' [b, H, F], 'teacher_mask' [b, H] when training with
+  teacher forcing)}, targets [b, H, F], weights [b, H] (0 on padding rows of the last eval batch),
+  reset [b] all True.
+
+  Args:
+    model_dir: Where the normalisation statistics are kept (None: not saved).
+    series_fn: Callable returning a `series.Series` (gin: `@synthetic_series` or `@csv_series`).
+    context_length: C, observed rows per window.
+    horizon: H, rows to forecast.
+    batch_size: Global training batch B.
+    eval_batch_size: Global eval batch (default B).
+    train_stride: Rows between consecutive training windows.
+    eval_stride: Rows between consecutive valid/test windows (default H: the horizons tile the split).
+    split_fractions: (train, valid, test) fractions of the rows, in time order.
+    season_length: m of the seasonal-naive baseline (steps), at most C.
+    teacher_forcing: Probability that a decoder step reads the true previous value in training.
+    num_plots: Validation windows drawn as TensorBoard images after each eval.
+    seed: Seed of the window order and the teacher-forcing draws.
+  """
+
+  def __init__(self, model_dir: str | None = None, *, series_fn=series_lib.synthetic_series,
+               context_length: int = 48, horizon: int = 24, batch_size: int = 32,
+               eval_batch_size: int | None = None, train_stride: int = 1,
+               eval_stride: int | None = None,
+               split_fractions: Sequence[float] = (0.7, 0.15, 0.15), season_length: int = 24,
+               teacher_forcing: float = 0.0, num_plots: int = 3, seed: int = 0):
+    for name, value in (("context_length", context_length), ("horizon", horizon),
+                        ("batch_size", batch_size), ("season_length", season_length),
+                        ("train_stride", train_stride)):
+      if int(value) < 1:
+        raise ConfigError(f"ForecastTask.{name} must be a positive integer, got {value}")
+    if season_length > context_length:
+      raise ConfigError(f"ForecastTask.season_length ({season_length}) must be at most context_length "
+                        f"({context_length}): the seasonal-naive forecast repeats the context's last "
+                        f"season")
+    if not 0.0 <= teacher_forcing <= 1.0:
+      raise ConfigError(f"ForecastTask.teacher_forcing must be a probability in [0, 1], got "
+                        f"{teacher_forcing}")
+    self.context_length = int(context_length)
+    self.horizon = int(horizon)
+    self.season_length = int(season_length)
+    self.teacher_forcing = float(teacher_forcing)
+    self.num_plots = int(num_plots)
+    self.seed = int(seed)
+    self._batch_size = int(batch_size)
+    self._eval_batch_size = int(eval_batch_size or batch_size)
+
+    data = series_fn()
+    self.columns = data.columns
+    window = self.context_length + self.horizon
+    bounds = series_lib.split_bounds(len(data.values), split_fractions)
+    for name, (start, stop) in bounds.items():
+      rows = stop - start
+      needed = window if name == "train" else self.horizon
+      if (name == "train" or rows > 0) and rows < needed:
+        raise ConfigError(
+            f"{data.source}: the {name} part has {rows} of {len(data.values)} rows, too few for one "
+            f"window (needs {needed}: context_length={self.context_length}, horizon={self.horizon}); "
+            f"use more data or change ForecastTask.context_length/horizon/split_fractions")
+    self.stats = series_lib.load_or_compute_stats(model_dir, data.values[slice(*bounds["train"])],
+                                                  data.columns)
+    starts = series_lib.split_windows(
+        len(data.values), bounds, self.context_length, self.horizon,
+        {"train": int(train_stride), "valid": int(eval_stride or horizon),
+         "test": int(eval_stride or horizon)})
+    self.num_windows = {name: len(s) for name, s in starts.items()}
+    self._starts = {name: tf.constant(s, tf.int32) for name, s in starts.items()}
+    self._values = tf.constant(self.stats.normalize(data.values), tf.float32)
+    self._std = tf.constant(self.stats.std, tf.float32)
+    self._steps_per_epoch = max(1, self.num_windows["train"] // self._batch_size)
+
+    self._model = Seq2SeqForecaster(self.horizon, len(self.columns))
+    # One call creates every variable now, inside the caller's strategy scope.
+    self._model(tf.zeros([1, self.context_length, len(self.columns)]), self.initial_state(1))
+    self._predict = None
+
+  # -- Task interface ------------------------------------------------------------------------------
+
+  @property
+  def model(self) -> keras.Model:
+    return self._model
+
+  @property
+  def global_batch_size(self) -> int:
+    return self._batch_size
+
+  @property
+  def eval_batch_size(self) -> int:
+    return self._eval_batch_size
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self._steps_per_epoch
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self._batch_size * self.horizon
+
+  def initial_state(self, batch_size) -> LSTMState:
+    return self._model.initial_state(batch_size)
+
+  def _windows(self, starts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    windows = series_lib.gather_windows(self._values, starts, self.context_length + self.horizon)
+    return windows[:, :self.context_length], windows[:, self.context_length:]
+
+  def train_batch(self, step, row_start, num_rows):
+    step = tf.cast(step, tf.int64)
+    epoch, position = step // self._steps_per_epoch, step % self._steps_per_epoch
+    n = self.num_windows["train"]
+    seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
+    order = tf.argsort(tf.random.stateless_uniform([n], seed=seed))  # argsort: XLA-friendly shuffle.
+    rows = tf.cast(row_start, tf.int32) + tf.range(num_rows, dtype=tf.int32)
+    picks = (tf.cast(position, tf.int32) * self._batch_size + rows) % n
+    context, horizon = self._windows(tf.gather(self._starts["train"],
+                                                        tf.gather(order, picks)))
+    inputs = {"context": context}
+    if self.teacher_forcing > 0:
+      # Drawn for the whole global batch and sliced, so a row's draws do not depend on the replica count.
+      draws = tf.random.stateless_uniform([self._batch_size, self.horizon],
+                                          seed=tf.stack([tf.constant(self.seed + 1, tf.int64), step]))
+      inputs["horizon"] = horizon
+      inputs["teacher_mask"] = tf.gather(draws, rows) < self.teacher_forcing
+    return {"inputs": inputs, "targets": horizon, "weights": tf.ones([num_rows, self.horizon]),
+            "reset": tf.ones([num_rows], tf.bool)}
+
+  def loss(self, batch, predictions):
+    """Squared error in normalised units, averaged over features: [b, H]."""
+    return tf.reduce_mean(tf.square(tf.cast(predictions, tf.float32) - batch["targets"]), axis=-1)
+
+  def num_eval_batches(self, split: str) -> int:
+    n = self.num_windows.get(split, 0)
+    return -(-n // self._eval_batch_size)
+
+  def eval_batch(self, split, index, row_start, num_rows):
+    n = self.num_windows[split]
+    positions = (tf.cast(index, tf.int32) * self._eval_batch_size + tf.cast(row_start, tf.int32)
+                 + tf.range(num_rows, dtype=tf.int32))
+    valid = positions < n
+    # Rows past the end repeat the last window with weight 0, so every replica sees full shapes.
+    context, horizon = self._windows(tf.gather(self._starts[split], tf.minimum(positions, n - 1)))
+    weights = tf.tile(tf.cast(valid, tf.float32)[:, None], [1, self.horizon])
+    return {"inputs": {"context": context}, "targets": horizon, "weights": weights,
+            "reset": tf.ones([num_rows], tf.bool)}
+
+  def eval_sums(self, batch, predictions):
+    """Weighted sums in original units: |err|, err^2, seasonal-naive |err| and the count of values."""
+    return forecast_sums(batch["inputs"]["context"], batch["targets"], predictions, batch["weights"],
+                         self._std, self.season_length)
+
+  def eval_metrics(self, sums):
+    """loss (normalised MSE), mae, rmse, naive_mae and mase (left out when the naive MAE is 0)."""
+    metrics = super().eval_metrics(sums)
+    # Below float32 resolution of the data the naive forecast counts as perfect.
+    return metrics | forecast_metrics(sums, tolerance=1e-6 * float(np.mean(self.stats.std)))
+
+  def write_eval_summaries(self, step: int) -> None:
+    """Writes `forecast` images: context, truth and forecast (first feature) of `num_plots` valid windows."""
+    split = "valid" if self.num_windows["valid"] else "test"
+    n = self.num_windows[split]
+    if not n or self.num_plots < 1:
+      return
+    picks = np.unique(np.linspace(0, n - 1, min(self.num_plots, n)).round().astype(np.int32))
+    context, truth, forecast = (a.numpy() for a in self._forecast(split, tf.constant(picks)))
+    images = [plot.forecast_image(c[:, 0], t[:, 0], f[:, 0]) for c, t, f in zip(context, truth,
+                                                                              forecast)]
+    tf.summary.image("forecast", np.stack(images), step=step, max_outputs=len(images))
+
+  def _forecast(self, split: str, picks: tf.Tensor):
+    """(context, truth, forecast) of windows `picks` of `split` in original units, [k, C|H, F] each."""
+    if self._predict is None:
+      def predict(split_starts, picks):
+        starts = tf.gather(split_starts, picks)
+        context, truth = self._windows(starts)
+        forecast, _ = self._model(context, self.initial_state(tf.shape(picks)[0]), training=False)
+        mean = tf.constant(self.stats.mean, tf.float32)
+        return tuple(x * self._std + mean for x in (context, truth, forecast))
+      self._predict = tf.function(predict)
+    return self._predict(self._starts[split], picks)
+
+
+def forecast_sums(context, targets, predictions, weights, std, season_length: int) -> dict:
+  """Sums behind MAE, RMSE and MASE, in original units.
+
+  Args:
+    context: [b, C, F] normalised context (the seasonal-naive forecast repeats its last season).
+    targets: [b, H, F] normalised truth.
+    predictions: [b, H, F] normalised forecast.
+    weights: [b, H], 0 on padding.
+    std: [F] normalisation std (errors scale by it; the mean cancels).
+    season_length: m.
+
+  Returns:
+    Scalars: abs_error, squared_error, naive_abs_error (sums over weighted values) and count (weighted
+    number of values, i.e. sum(weights) * F).
+  """
+  weights = tf.cast(weights, tf.float32)[:, :, None]
+  targets = tf.cast(targets, tf.float32)
+  naive = seasonal_naive(tf.cast(context, tf.float32), targets.shape[1], season_length)
+  error = (tf.cast(predictions, tf.float32) - targets) * std
+  naive_error = (naive - targets) * std
+  return {
+      "abs_error": tf.reduce_sum(weights * tf.abs(error)),
+      "squared_error": tf.reduce_sum(weights * tf.square(error)),
+      "naive_abs_error": tf.reduce_sum(weights * tf.abs(naive_error)),
+      "count": tf.reduce_sum(weights) * targets.shape[-1],
+  }
+
+
+def forecast_metrics(sums: Mapping[str, float], tolerance: float = 0.0) -> dict[str, float]:
+  """mae, rmse, naive_mae and mase from the sums of `ForecastTask.eval_sums`.
+
+  MASE is undefined when the seasonal-naive forecast is perfect (naive MAE <= tolerance); it is then left
+  out rather than reported as infinite.
+  """
+  count = max(float(sums["count"]), 1e-12)
+  mae = float(sums["abs_error"]) / count
+  naive_mae = float(sums["naive_abs_error"]) / count
+  metrics = {"mae": mae, "rmse": float(np.sqrt(float(sums["squared_error"]) / count)),
+             "naive_mae": naive_mae}
+  if naive_mae > tolerance:
+    metrics["mase"] = mae / naive_mae
+  return metrics
