@@ -1,0 +1,183 @@
+"""Language modelling with TBPTT: embedding -> stacked LSTM -> softmax, trained on one long stream."""
+
+import math
+
+import gin
+import keras
+import tensorflow as tf
+
+from experiments.data.corpus import TextCorpus
+from layers import StackedLSTM
+from trainer.task import Task
+
+
+def _uniform(scale: float | None):
+  # A config, not an instance: every weight gets its own initializer and so its own seed.
+  if scale is None:
+    return None
+  return {"class_name": "RandomUniform", "config": {"minval": -scale, "maxval": scale}}
+
+
+@gin.configurable
+class LanguageModel(keras.Model):
+  """Token ids -> next-token logits, with the LSTM state passed in and out.
+
+    logits, state = model(inputs [B, T] int, state, training=False)  # logits [B, T, V] float32
+
+  state is a tuple of `LSTMState(h, c)`, one per layer (None: zeros). Dropout follows Zaremba et al.
+  (2014): applied to the non-recurrent connections only (embeddings, between layers, before the softmax);
+  `recurrent_dropout` and zoneout act on the recurrent connections inside the cells.
+
+  Args:
+    vocab_size: V, set by the task from its vocabulary.
+    units: Cell size of every layer.
+    num_layers: Stacked LSTM layers.
+    embedding_dim: Embedding size; defaults to the top layer's output size (num_proj or units).
+    dropout: Rate on the non-recurrent connections, in [0, 1).
+    tie_weights: Share the embedding matrix with the softmax (Press & Wolf 2017; Inan et al. 2017); needs
+      embedding_dim equal to the top layer's output size.
+    init_scale: If set, every weight but the biases starts uniform in [-init_scale, init_scale]
+      (Zaremba et al.); else Keras's defaults (Glorot / orthogonal).
+    residual: Residual connections between layers of equal size.
+    use_peepholes, num_proj, proj_clip, cell_clip, layer_norm, unit_forget_bias, recurrent_dropout,
+    zoneout_cell, zoneout_hidden: `layers.LSTMCell` options, applied to every layer.
+    seed: Seed of the dropout and zoneout noise.
+  """
+
+  def __init__(self, vocab_size: int, *, units: int = 256, num_layers: int = 2,
+               embedding_dim: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
+               init_scale: float | None = None, residual: bool = False, use_peepholes: bool = False,
+               num_proj: int | None = None, proj_clip: float | None = None,
+               cell_clip: float | None = None, layer_norm: bool = False,
+               unit_forget_bias: bool = True, recurrent_dropout: float = 0.0,
+               zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0, seed: int | None = None,
+               name: str = "language_model"):
+    super().__init__(name=name)
+    # The state keeps float32 under mixed precision: Keras must not cast call arguments.
+    self._convert_input_args = False
+    self._allow_non_tensor_positional_args = True
+    output_size = num_proj or units
+    self.vocab_size = vocab_size
+    self.embedding_dim = embedding_dim or output_size
+    self.tie_weights = bool(tie_weights)
+    if self.tie_weights and self.embedding_dim != output_size:
+      raise ValueError(f"tie_weights needs embedding_dim == the top layer's output size "
+                       f"(num_proj or units = {output_size}), got embedding_dim={embedding_dim}")
+    self.embedding = keras.layers.Embedding(
+        vocab_size, self.embedding_dim, name="embedding",
+        embeddings_initializer=_uniform(init_scale) or "uniform")
+    self.rnn = StackedLSTM(
+        units, num_layers, dropout_between=dropout, residual=residual, name="stacked_lstm",
+        use_peepholes=use_peepholes, num_proj=num_proj, proj_clip=proj_clip, cell_clip=cell_clip,
+        layer_norm=layer_norm, unit_forget_bias=unit_forget_bias,
+        recurrent_dropout=recurrent_dropout, zoneout_cell=zoneout_cell,
+        zoneout_hidden=zoneout_hidden, seed=seed,
+        **{k: _uniform(init_scale) for k in ("kernel_initializer", "recurrent_initializer",
+                                             "projection_initializer", "peephole_initializer")
+           if init_scale is not None})
+    self.input_dropout = keras.layers.Dropout(dropout, seed=seed, name="input_dropout")
+    self.output_dropout = keras.layers.Dropout(
+        dropout, seed=None if seed is None else seed + 1, name="output_dropout")
+    if not self.tie_weights:
+      self.softmax = keras.layers.Dense(
+          vocab_size, name="softmax", kernel_initializer=_uniform(init_scale) or "glorot_uniform")
+
+  def build(self, input_shape=None):
+    if self.tie_weights:
+      self.softmax_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
+                                          name="softmax_bias")
+    self.built = True
+
+  def initial_state(self, batch_size) -> tuple:
+    """Zero state: a tuple of LSTMState, one per layer, float32."""
+    return self.rnn.get_initial_state(batch_size)
+
+  def call(self, inputs, state=None, training=False):
+    """Next-token logits.
+
+    Args:
+      inputs: [B, T] int token ids.
+      state: Tuple of LSTMState per layer, or None for zeros.
+      training: Apply dropout.
+
+    Returns:
+      (logits [B, T, V] float32, new state).
+    """
+    if state is None:
+      state = self.initial_state(tf.shape(inputs)[0])
+    x = self.input_dropout(self.embedding(inputs), training=training)
+    x, state = self.rnn(x, initial_state=tuple(state), training=training)
+    x = self.output_dropout(x, training=training)
+    if self.tie_weights:
+      embeddings = tf.cast(self.embedding.embeddings, x.dtype)
+      logits = tf.einsum("btd,vd->btv", x, embeddings) + tf.cast(self.softmax_bias, x.dtype)
+    else:
+      logits = self.softmax(x)
+    return tf.cast(logits, tf.float32), state
+
+
+@gin.configurable
+class LanguageModelTask(Task):
+  """Next-token prediction on a `TextCorpus` with a `LanguageModel`.
+
+  Loss: sparse softmax cross-entropy per position (nats). Eval metrics: `loss`, and `bits_per_char`
+  (loss / ln 2) at char level or `perplexity` (exp(loss)) at word level.
+
+  Args:
+    model_dir: Where the vocabulary is saved (see `TextCorpus`).
+    corpus_fn: Builds the corpus: `corpus_fn(model_dir=...)`.
+    model_fn: Builds the model: `model_fn(vocab_size=...)`.
+  """
+
+  def __init__(self, model_dir: str | None = None, *, corpus_fn=TextCorpus, model_fn=LanguageModel):
+    self.corpus = corpus_fn(model_dir=model_dir)
+    self.vocab = self.corpus.vocab
+    self._model = model_fn(vocab_size=self.vocab.size)
+    # Create every variable now, inside the caller's strategy scope.
+    self._model(tf.zeros([1, 1], tf.int32), self._model.initial_state(1))
+
+  @property
+  def model(self) -> keras.Model:
+    return self._model
+
+  @property
+  def global_batch_size(self) -> int:
+    return self.corpus.batch_size
+
+  @property
+  def eval_batch_size(self) -> int:
+    return self.corpus.eval_batch_size
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.corpus.train.num_chunks
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.corpus.batch_size * self.corpus.seq_len
+
+  def initial_state(self, batch_size):
+    return self._model.initial_state(batch_size)
+
+  def train_batch(self, step, row_start, num_rows):
+    return self.corpus.train.chunk_for_step(step, row_start, num_rows)
+
+  def loss(self, batch, predictions):
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"], logits=predictions)
+
+  def num_eval_batches(self, split: str) -> int:
+    layout = self.corpus.evals.get(split)
+    return 0 if layout is None else layout.num_chunks
+
+  def eval_batch(self, split, index, row_start, num_rows):
+    return self.corpus.evals[split].chunk(index, row_start, num_rows)
+
+  def eval_metrics(self, sums):
+    loss = sums["loss"] / max(sums["weight"], 1e-12)
+    if self.vocab.level == "char":
+      return {"loss": loss, "bits_per_char": loss / math.log(2)}
+    return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+  def write_assets(self) -> None:
+    """Saves what a restored model needs besides its weights (the vocabulary) into model_dir."""
+    self.corpus.save_vocab()
