@@ -178,6 +178,11 @@ class LanguageModelTask(Task):
       return {"loss": loss, "bits_per_char": loss / math.log(2)}
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
 
+  @property
+  def asset_paths(self) -> list[str]:
+    """Files an exported model needs besides its weights: the vocabulary."""
+    return [self.corpus.vocab_path] if self.corpus.vocab_path else []
+
   def write_assets(self) -> None:
     """Saves what a restored model needs besides its weights (the vocabulary) into model_dir."""
     self.corpus.save_vocab()
