@@ -1,0 +1,216 @@
+"""Times one training step (forward + backward) of the tbptt `LSTM` against `keras.layers.LSTM`.
+
+Also times the peephole and layer-norm variants, and `torch.nn.LSTM` when torch is installed. Candidates are
+interleaved in rounds (every candidate once per round, in a shuffled order) after a warm-up, so that a change
+in machine load hits all of them alike; the table reports the median milliseconds per step and the ratios.
+
+  python benchmarks/lstm_layers.py                 # all shapes, 15 rounds
+  python benchmarks/lstm_layers.py --shapes small --rounds 30
+  python benchmarks/lstm_layers.py --quick         # smoke run: smallest shape, 2 rounds
+
+Targets (printed as PASS/FAIL): ours no slower than keras.layers.LSTM at every shape (ratio <= 1 within
+`--noise`), the peephole and layer-norm variants within 1.3x of ours.
+"""
+
+import argparse
+import datetime
+import os
+import pathlib
+import platform
+import random
+import statistics
+import sys
+import time
+from typing import Callable, NamedTuple
+
+# Run as a script from a checkout: make the repository's packages importable without installing.
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+  sys.path.insert(0, str(_ROOT))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from layers import LSTM  # noqa: E402
+
+try:
+  import torch
+except ImportError:
+  torch = None
+
+
+class Shape(NamedTuple):
+  batch: int
+  steps: int
+  features: int
+  units: int
+
+  def __str__(self):
+    return f"B={self.batch} T={self.steps} F={self.features} H={self.units}"
+
+
+# PTB small and medium (Zaremba et al. 2014), and a forecasting-sized model.
+SHAPES = {"small": [Shape(20, 35, 200, 200), Shape(64, 50, 32, 64)],
+          "all": [Shape(20, 35, 200, 200), Shape(20, 35, 650, 650), Shape(64, 50, 32, 64)]}
+QUICK_SHAPE = Shape(64, 50, 32, 64)
+
+PEEPHOLE_LIMIT = 1.3
+LAYER_NORM_LIMIT = 1.3
+
+
+def tf_train_step(layer, x) -> Callable[[], float]:
+  """A compiled forward + backward step of a Keras layer whose first output is the sequence."""
+  layer(x)  # Build the weights outside the function.
+
+  @tf.function
+  def step():
+    with tf.GradientTape() as tape:
+      outputs = layer(x)
+      outputs = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+      loss = tf.reduce_mean(tf.square(outputs))
+    return loss, tape.gradient(loss, layer.trainable_variables)
+
+  return lambda: float(step()[0])
+
+
+def torch_train_step(shape: Shape) -> Callable[[], float]:
+  lstm = torch.nn.LSTM(shape.features, shape.units, batch_first=True)
+  x = torch.randn(shape.batch, shape.steps, shape.features)
+
+  def step():
+    lstm.zero_grad(set_to_none=True)
+    outputs, _ = lstm(x)
+    loss = outputs.square().mean()
+    loss.backward()
+    return float(loss.detach())
+
+  return step
+
+
+def candidates(shape: Shape) -> dict[str, Callable[[], float]]:
+  """Name -> a function that runs one training step and returns the loss."""
+  x = tf.random.stateless_normal([shape.batch, shape.steps, shape.features], seed=[1, 2])
+  steps = {
+      "ours": tf_train_step(LSTM(shape.units), x),
+      "keras": tf_train_step(keras.layers.LSTM(shape.units, return_sequences=True,
+                                               use_cudnn=False), x),
+      "peephole": tf_train_step(LSTM(shape.units, use_peepholes=True), x),
+      "layer_norm": tf_train_step(LSTM(shape.units, layer_norm=True), x),
+  }
+  if torch is not None:
+    steps["torch"] = torch_train_step(shape)
+  return steps
+
+
+def time_interleaved(steps: dict, rounds: int, warmup: int, seed: int = 0) -> dict[str, float]:
+  """Median milliseconds per step of each candidate, measured in interleaved rounds."""
+  for step in steps.values():
+    for _ in range(warmup):
+      step()
+  times = {name: [] for name in steps}
+  order = list(steps)
+  rng = random.Random(seed)
+  for _ in range(rounds):
+    rng.shuffle(order)
+    for name in order:
+      start = time.perf_counter()
+      steps[name]()  # Returns a Python float, so the step has finished when the clock stops.
+      times[name].append(1e3 * (time.perf_counter() - start))
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def thread_settings() -> str:
+  def auto(n):
+    return f"{n}" if n else f"auto ({os.cpu_count()} cores)"
+  parts = [f"TF intra-op {auto(tf.config.threading.get_intra_op_parallelism_threads())}",
+           f"inter-op {auto(tf.config.threading.get_inter_op_parallelism_threads())}"]
+  if torch is not None:
+    parts.append(f"torch {torch.get_num_threads()}")
+  parts.append(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+  return ", ".join(parts)
+
+
+def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
+  """The Markdown table and target lines; returns (text, every target passed)."""
+  with_torch = any("torch" in r for r in results.values())
+  lines = [
+      f"## LSTM training step (forward + backward), median of {rounds} interleaved rounds",
+      "",
+      f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+      f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)",
+      f"- threads: {thread_settings()}",
+      f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
+      + (f", torch {torch.__version__}" if with_torch else ""),
+      "",
+  ]
+  header = ["shape", "ours ms", "keras ms", "ours/keras", "peephole ms", "peephole/ours",
+            "layer norm ms", "layer norm/ours"]
+  if with_torch:
+    header += ["torch ms", "torch/ours"]
+  lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  checks = []
+  for shape, r in results.items():
+    ours = r["ours"]
+    row = [str(shape), f"{ours:.1f}", f"{r['keras']:.1f}", f"{ours / r['keras']:.2f}",
+           f"{r['peephole']:.1f}", f"{r['peephole'] / ours:.2f}",
+           f"{r['layer_norm']:.1f}", f"{r['layer_norm'] / ours:.2f}"]
+    if with_torch:
+      row += [f"{r['torch']:.1f}", f"{r['torch'] / ours:.2f}"]
+    lines.append("| " + " | ".join(row) + " |")
+    checks += [
+        (f"{shape}: ours/keras = {ours / r['keras']:.2f} <= 1.0 (+{noise:.0%} noise)",
+         ours / r["keras"] <= 1.0 + noise),
+        (f"{shape}: peephole/ours = {r['peephole'] / ours:.2f} <= {PEEPHOLE_LIMIT}",
+         r["peephole"] / ours <= PEEPHOLE_LIMIT),
+        (f"{shape}: layer norm/ours = {r['layer_norm'] / ours:.2f} <= {LAYER_NORM_LIMIT}",
+         r["layer_norm"] / ours <= LAYER_NORM_LIMIT),
+    ]
+  lines += ["", "Targets:"]
+  lines += [f"- {'PASS' if ok else 'FAIL'} {text}" for text, ok in checks]
+  return "\n".join(lines), all(ok for _, ok in checks)
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--rounds", type=int, default=15, help="timed rounds (each candidate once)")
+  parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate first")
+  parser.add_argument("--shapes", choices=sorted(SHAPES), default="all",
+                      help="small: B,T,F,H = 20,35,200,200 and 64,50,32,64; all: also 20,35,650,650")
+  parser.add_argument("--quick", action="store_true",
+                      help="smoke run: the smallest shape, 2 rounds, 1 warm-up step")
+  parser.add_argument("--noise", type=float, default=0.05,
+                      help="ours/keras may exceed 1.0 by this fraction and still pass")
+  parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  shapes = SHAPES[args.shapes]
+  rounds, warmup = args.rounds, args.warmup
+  if args.quick:
+    shapes, rounds, warmup = [QUICK_SHAPE], 2, 1
+  results = {}
+  for shape in shapes:
+    print(f"timing {shape} ...", file=sys.stderr, flush=True)
+    results[shape] = time_interleaved(candidates(shape), rounds, warmup)
+  text, passed = report(results, rounds, args.noise)
+  print(text)
+  return 1 if args.strict and not passed else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,51 @@
+"""Keeps benchmarks/lstm_layers.py runnable: a quick run of its main() and its target checks."""
+
+import importlib.util
+import pathlib
+import re
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "lstm_layers.py"
+
+
+def _load():
+  spec = importlib.util.spec_from_file_location("lstm_layers_benchmark", SCRIPT)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+bench = _load()
+
+
+def test_quick_run_prints_a_table_with_every_candidate(capsys):
+  assert bench.main(["--quick"]) == 0
+  out = capsys.readouterr().out
+  assert "median of 2 interleaved rounds" in out
+  assert re.search(r"- CPU: .+", out) and "- threads: TF intra-op" in out
+  rows = [line for line in out.splitlines() if line.startswith(f"| {bench.QUICK_SHAPE} |")]
+  assert len(rows) == 1
+  cells = [c.strip() for c in rows[0].strip("|").split("|")]
+  header = next(line for line in out.splitlines() if line.startswith("| shape |"))
+  assert len(cells) == header.count("|") - 1
+  assert all(float(c) > 0 for c in cells[1:])
+  assert len(re.findall(r"^- (PASS|FAIL) ", out, re.MULTILINE)) == 3
+
+
+def test_targets_pass_and_fail_on_the_ratios():
+  shape = bench.Shape(2, 3, 4, 5)
+  good = {shape: {"ours": 10.0, "keras": 10.4, "peephole": 12.9, "layer_norm": 11.0}}
+  text, passed = bench.report(good, rounds=3, noise=0.05)
+  assert passed and "FAIL" not in text and "ours/keras = 0.96" in text
+  slow = {shape: {"ours": 10.0, "keras": 9.0, "peephole": 13.5, "layer_norm": 11.0}}
+  text, passed = bench.report(slow, rounds=3, noise=0.05)
+  assert not passed
+  assert re.search(r"FAIL .*ours/keras = 1\.11", text)
+  assert re.search(r"FAIL .*peephole/ours = 1\.35", text)
+  assert re.search(r"PASS .*layer norm/ours = 1\.10", text)
+
+
+def test_strict_flag_and_shape_sets():
+  assert bench.parse_args(["--strict"]).strict
+  assert bench.QUICK_SHAPE in bench.SHAPES["small"]
+  assert set(bench.SHAPES["small"]) < set(bench.SHAPES["all"])
+  assert bench.Shape(20, 35, 650, 650) in bench.SHAPES["all"]
