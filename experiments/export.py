@@ -10,6 +10,7 @@ nest is flattened into tensors `state_0`, `state_1`, ... (for an LSTM stack: h a
 bottom first):
 
     signatures["serving_default"](inputs=..., state_0=..., ...) -> {"outputs", "state_0", ...}
+    (a model whose inputs are a dict of tensors takes them by key instead of `inputs`)
     signatures["initial_state"](batch_size=...)                  -> {"state_0", ...}
 
 Files a restored model needs besides its weights (a task's `asset_paths`, e.g. the vocabulary) are
@@ -24,6 +25,19 @@ import tensorflow as tf
 EXPORT_DIR = "export"
 
 
+def _example_inputs(task):
+  """One row of model inputs as the model sees them at inference: an eval batch if there is one."""
+  for split in ("valid", "test"):
+    if task.num_eval_batches(split):
+      return task.eval_batch(split, tf.constant(0), 0, 1)["inputs"]
+  return task.train_batch(tf.constant(0, tf.int64), 0, 1)["inputs"]
+
+
+def _batch_spec(t):
+  """[b, T, ...] -> TensorSpec [None, None, ...]: any batch size and any chunk length."""
+  return tf.TensorSpec([None] * min(t.shape.rank, 2) + t.shape[2:], t.dtype)
+
+
 class StreamingModel(tf.Module):
   """The model of a task, with signatures for step-by-step (streaming) inference.
 
@@ -34,37 +48,38 @@ class StreamingModel(tf.Module):
   def __init__(self, task):
     super().__init__(name="streaming_model")
     self.model = task.model
-    self._initial_state_fn = task.initial_state
-    example = task.train_batch(tf.constant(0, tf.int64), 0, 1)["inputs"]
-    self._inputs_spec = tf.TensorSpec([None, None] + example.shape[2:], example.dtype, name="inputs")
-    self._state_spec = tf.nest.map_structure(
-        lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype), task.initial_state(1))
-    self._flat_state_spec = [tf.TensorSpec(s.shape, s.dtype, name=f"state_{i}")
-                             for i, s in enumerate(tf.nest.flatten(self._state_spec))]
-    self.step = tf.function(self._step, input_signature=[self._inputs_spec, self._state_spec])
-    self.initial_state = tf.function(
-        self._initial_state, input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
-    self.serving_step = tf.function(self._serving_step,
-                                    input_signature=[self._inputs_spec] + self._flat_state_spec)
-    self.serving_initial_state = tf.function(
-        self._serving_initial_state, input_signature=[tf.TensorSpec([], tf.int32, name="batch_size")])
+    # Specs live in closures, not attributes: tf.Module would wrap a dict attribute in a trackable
+    # container, and nests packed from that container confuse models that test for a Mapping.
+    example = _example_inputs(task)
+    inputs_spec = tf.nest.map_structure(_batch_spec, example)
+    state_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None] + t.shape[1:], t.dtype),
+                                       task.initial_state(1))
+    # The flat signatures name each input: "inputs" for a tensor, the key for a dict of tensors.
+    names = ["inputs"] if tf.is_tensor(example) else sorted(example)
+    flat_inputs_spec = [tf.TensorSpec(s.shape, s.dtype, name=n)
+                        for n, s in zip(names, tf.nest.flatten(inputs_spec))]
+    flat_state_spec = [tf.TensorSpec(s.shape, s.dtype, name=f"state_{i}")
+                       for i, s in enumerate(tf.nest.flatten(state_spec))]
+    batch_size_spec = tf.TensorSpec([], tf.int32, name="batch_size")
 
-  def _step(self, inputs, state):
-    return self.model(inputs, state, training=False)
+    def step(inputs, state):
+      return self.model(inputs, state, training=False)
 
-  def _initial_state(self, batch_size):
-    return self._initial_state_fn(batch_size)
+    def flat(state) -> dict:
+      return {f"state_{i}": t for i, t in enumerate(tf.nest.flatten(state))}
 
-  def _flat(self, state) -> dict:
-    return {f"state_{i}": t for i, t in enumerate(tf.nest.flatten(state))}
+    def serving_step(*tensors):
+      inputs = tf.nest.pack_sequence_as(inputs_spec, list(tensors[:len(flat_inputs_spec)]))
+      state = tf.nest.pack_sequence_as(state_spec, list(tensors[len(flat_inputs_spec):]))
+      outputs, state = step(inputs, state)
+      return {"outputs": outputs, **flat(state)}
 
-  def _serving_step(self, inputs, *flat_state):
-    state = tf.nest.pack_sequence_as(self._state_spec, list(flat_state))
-    outputs, state = self._step(inputs, state)
-    return {"outputs": outputs, **self._flat(state)}
-
-  def _serving_initial_state(self, batch_size):
-    return self._flat(self._initial_state(batch_size))
+    self.step = tf.function(step, input_signature=[inputs_spec, state_spec])
+    self.initial_state = tf.function(task.initial_state, input_signature=[batch_size_spec])
+    self.serving_step = tf.function(serving_step,
+                                    input_signature=flat_inputs_spec + flat_state_spec)
+    self.serving_initial_state = tf.function(lambda batch_size: flat(task.initial_state(batch_size)),
+                                             input_signature=[batch_size_spec])
 
   def signatures(self) -> dict:
     return {"serving_default": self.serving_step.get_concrete_function(),
