@@ -104,7 +104,8 @@ def candidates(shape: Shape) -> dict[str, Callable[[], float]]:
   return steps
 
 
-def time_interleaved(steps: dict, rounds: int, warmup: int, seed: int = 0) -> dict[str, float]:
+def time_interleaved(steps: dict, rounds: int, warmup: int, pause: float = 0.0,
+                     seed: int = 0) -> dict[str, float]:
   """Median milliseconds per step of each candidate, measured in interleaved rounds."""
   for step in steps.values():
     for _ in range(warmup):
@@ -115,6 +116,9 @@ def time_interleaved(steps: dict, rounds: int, warmup: int, seed: int = 0) -> di
   for _ in range(rounds):
     rng.shuffle(order)
     for name in order:
+      # Let the previous candidate's idle worker threads stop spinning: TF's and torch's thread pools
+      # would otherwise compete for the same cores.
+      time.sleep(pause)
       start = time.perf_counter()
       steps[name]()  # Returns a Python float, so the step has finished when the clock stops.
       times[name].append(1e3 * (time.perf_counter() - start))
@@ -193,6 +197,8 @@ def parse_args(argv):
                       help="smoke run: the smallest shape, 2 rounds, 1 warm-up step")
   parser.add_argument("--noise", type=float, default=0.05,
                       help="ours/keras may exceed 1.0 by this fraction and still pass")
+  parser.add_argument("--pause", type=float, default=0.01,
+                      help="seconds of idle time before each timed step")
   parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
   return parser.parse_args(argv)
 
@@ -206,7 +212,7 @@ def main(argv=None) -> int:
   results = {}
   for shape in shapes:
     print(f"timing {shape} ...", file=sys.stderr, flush=True)
-    results[shape] = time_interleaved(candidates(shape), rounds, warmup)
+    results[shape] = time_interleaved(candidates(shape), rounds, warmup, args.pause)
   text, passed = report(results, rounds, args.noise)
   print(text)
   return 1 if args.strict and not passed else 0
