@@ -1,0 +1,9 @@
+"""The TBPTT trainer: compiled multi-step loops with carried state, clipping, checkpoints and summaries.
+
+  from trainer import Trainer
+  from trainer.distribute import make_strategy
+"""
+
+from trainer.trainer import Trainer
+
+__all__ = ["Trainer"]

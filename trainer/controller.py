@@ -1,0 +1,266 @@
+"""Cadence: when to train, evaluate, checkpoint, write summaries, report progress and stop on a signal.
+
+The controller never touches the model. It drives a runner (the Trainer) through this interface:
+
+  runner.step -> int                              global step
+  runner.train_loop(num_steps) -> TrainOutputs    runs the steps, returns per-step metrics
+  runner.evaluate_split(split) -> dict | None     eval metrics of one split (None: split is empty)
+  runner.save_checkpoint(step); runner.save_best(step, eval_loss)
+  runner.histograms() -> dict                     weight and gradient tensors for histograms
+  runner.write_operative_config(step)
+"""
+
+import datetime
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Protocol
+
+from absl import logging
+
+from trainer.errors import TrainingError
+from trainer.loop import TrainOutputs
+from trainer.summaries import Summaries
+
+EVAL_SPLIT = "valid"
+
+
+class Runner(Protocol):
+  step: int
+
+  def train_loop(self, num_steps: int) -> TrainOutputs: ...
+  def evaluate_split(self, split: str) -> dict | None: ...
+  def save_checkpoint(self, step: int) -> None: ...
+  def save_best(self, step: int, eval_loss: float) -> None: ...
+  def histograms(self) -> dict: ...
+  def write_operative_config(self, step: int) -> None: ...
+
+
+class TrainingInterrupted(SystemExit):
+  """SIGINT/SIGTERM stopped training after a checkpoint; exits the process with 130 (SIGINT) / 143."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(128 + signum)
+    self.signum = signum
+    self.step = step
+
+
+def eval_writer_name(split: str) -> str:
+  """'valid' -> 'eval' (DESIGN's model_dir/eval), any other split -> 'eval_<split>'."""
+  return "eval" if split == EVAL_SPLIT else f"eval_{split}"
+
+
+class _StopSignals:
+  """While active: the first SIGINT/SIGTERM asks for a clean stop; a second one exits at once."""
+
+  def __init__(self):
+    self.signum = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum in (signal.SIGINT, signal.SIGTERM):
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:
+      print(f"\nSecond {signal.Signals(signum).name}: exiting now, without a checkpoint.",
+            file=sys.stderr, flush=True)
+      os._exit(128 + signum)
+    self.signum = signum
+    print(f"\n{signal.Signals(signum).name}: stopping after the current loop (send it again to exit at "
+          "once).", file=sys.stderr, flush=True)
+
+
+class Controller:
+  """Runs training to a step, evaluating, checkpointing and writing summaries on their intervals.
+
+  Loops end on every multiple of `checkpoint_interval` and `eval_interval`, so checkpoints and evals
+  land exactly there; summaries and progress lines need no alignment (each loop reports every step).
+
+  Args:
+    runner: The Trainer (see the module docstring).
+    summaries: Writers for model_dir/train, model_dir/eval, ...
+    train_steps: Default final step.
+    steps_per_loop: Steps per compiled loop call.
+    summary_interval: Write train scalars at multiples of this step count.
+    checkpoint_interval: Save at multiples of this (and at the end, and on a signal).
+    eval_interval: Evaluate 'valid' at multiples of this (None: only at the end).
+    histogram_interval: Weight and gradient histograms at the first loop end past each multiple (None: off).
+    log_interval: Progress line at the first loop end past each multiple.
+    max_nonfinite_steps: Skipped steps in a row that end training with TrainingError.
+    tokens_per_step: Target positions per global step for tokens/s (None: the weight sums).
+  """
+
+  def __init__(self, *, runner: Runner, summaries: Summaries, train_steps: int, steps_per_loop: int,
+               summary_interval: int, checkpoint_interval: int, eval_interval: int | None,
+               histogram_interval: int | None, log_interval: int, max_nonfinite_steps: int,
+               tokens_per_step: int | None = None):
+    self._runner = runner
+    self._summaries = summaries
+    self.train_steps = train_steps
+    self._steps_per_loop = steps_per_loop
+    self._summary_interval = summary_interval
+    self._checkpoint_interval = checkpoint_interval
+    self._eval_interval = eval_interval
+    self._histogram_interval = histogram_interval
+    self._log_interval = log_interval
+    self._max_nonfinite = max_nonfinite_steps
+    self._tokens_per_step = tokens_per_step
+    self._tty = sys.stdout.isatty()
+    self._bar_open = False
+    self._logged = 0
+    self._wrote_config = False
+
+  # -- training ----------------------------------------------------------------------------------------
+
+  def _loop_size(self, step: int, until: int) -> int:
+    size = min(self._steps_per_loop, until - step)
+    for interval in (self._checkpoint_interval, self._eval_interval):
+      if interval:
+        size = min(size, interval - step % interval)
+    return size
+
+  def train(self, until_step: int | None = None) -> dict:
+    """Trains from the runner's step to `until_step` (default `train_steps`).
+
+    Returns:
+      {"step": final step, "train": last train metrics, "valid": last eval metrics (if any)}.
+
+    Raises:
+      TrainingError: `max_nonfinite_steps` non-finite steps in a row.
+      TrainingInterrupted: SIGINT/SIGTERM (after saving a checkpoint at the step reached).
+    """
+    until = self.train_steps if until_step is None else until_step
+    step = self._runner.step
+    result = {"step": step, "train": {}}
+    if step >= until:
+      logging.info("Already at step %d (target %d): nothing to train.", step, until)
+      self._write_config_once(step)
+      return result
+    logging.info("Training from step %d to %d.", step, until)
+    self._logged = step // self._log_interval
+    start_time, start_step = time.perf_counter(), step
+    with _StopSignals() as stop:
+      while step < until:
+        size = self._loop_size(step, until)
+        begin = time.perf_counter()
+        outputs = self._runner.train_loop(size)
+        seconds = time.perf_counter() - begin
+        previous, step = step, step + outputs.steps
+        self._write_config_once(step)
+        result["train"] = self._train_summaries(previous, outputs, seconds)
+        result["step"] = step
+        if self._crossed(previous, step, self._histogram_interval):
+          self._summaries.histograms("train", step, self._runner.histograms())
+        if outputs.consecutive_nonfinite >= self._max_nonfinite:
+          self._summaries.flush()
+          raise TrainingError(
+              f"training stopped at step {step}: {self._max_nonfinite} steps in a row had a non-finite "
+              f"loss or gradient and were skipped (Trainer.max_nonfinite_steps={self._max_nonfinite}); "
+              "lower the learning rate or set Trainer.clip_norm, then resume from the last checkpoint")
+        self._progress(step, until, result["train"], start_step, start_time)
+        done = step >= until
+        if done or (self._eval_interval and step % self._eval_interval == 0):
+          valid = self._evaluate_split(EVAL_SPLIT, step)
+          if valid is not None:
+            result[EVAL_SPLIT] = valid
+            self._runner.save_best(step, valid["loss"])
+        if done or step % self._checkpoint_interval == 0 or stop.signum is not None:
+          self._runner.save_checkpoint(step)
+          self._summaries.flush()
+        if stop.signum is not None and not done:
+          self._end_progress_bar()
+          print(f"Stopped at step {step}; rerun the same command to resume.", flush=True)
+          raise TrainingInterrupted(stop.signum, step)
+    self._end_progress_bar()
+    self._summaries.flush()
+    return result
+
+  @staticmethod
+  def _crossed(previous: int, step: int, interval: int | None) -> bool:
+    return bool(interval) and step // interval > previous // interval
+
+  def _train_summaries(self, previous: int, outputs: TrainOutputs, seconds: float) -> dict:
+    steps_per_sec = outputs.steps / max(seconds, 1e-9)
+    tokens = (self._tokens_per_step * outputs.steps if self._tokens_per_step
+              else float(outputs.weight.sum()))
+    tokens_per_sec = tokens / max(seconds, 1e-9)
+
+    def metrics(i):
+      return {"loss": float(outputs.loss[i]), "grad_norm": float(outputs.grad_norm[i]),
+              "learning_rate": float(outputs.learning_rate[i]),
+              "nonfinite_steps": int(outputs.nonfinite_steps[i]),
+              "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec}
+
+    # Each step's own values at its own step (not loop averages), so a resumed run repeats them exactly.
+    first = self._summary_interval - previous % self._summary_interval
+    for i in range(first - 1, outputs.steps, self._summary_interval):
+      self._summaries.scalars("train", previous + i + 1, metrics(i))
+    end = previous + outputs.steps
+    if self._crossed(previous, end, self._summary_interval):
+      self._summaries.scalars("train", end, {"state": outputs.state_rms})
+    return metrics(outputs.steps - 1)
+
+  def _evaluate_split(self, split: str, step: int) -> dict | None:
+    begin = time.perf_counter()
+    metrics = self._runner.evaluate_split(split)
+    if metrics is None:
+      return None
+    self._summaries.scalars(eval_writer_name(split), step, metrics)
+    self._end_progress_bar()
+    logging.info("eval %s at step %d: %s (%.1fs)", split, step,
+                 " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), time.perf_counter() - begin)
+    return metrics
+
+  def evaluate(self, splits, step: int) -> dict:
+    """Evaluates each split at `step` and writes its summaries; returns {split: metrics} (non-empty ones)."""
+    results = {}
+    for split in splits:
+      metrics = self._evaluate_split(split, step)
+      if metrics is not None:
+        results[split] = metrics
+    self._write_config_once(step)
+    self._summaries.flush()
+    return results
+
+  def _write_config_once(self, step: int) -> None:
+    # After the first compiled call, so the config lists what the traced graph used.
+    if not self._wrote_config:
+      self._runner.write_operative_config(step)
+      self._wrote_config = True
+
+  # -- progress ----------------------------------------------------------------------------------------
+
+  def _progress(self, step: int, until: int, metrics: dict, start_step: int, start_time: float) -> None:
+    rate = (step - start_step) / max(time.perf_counter() - start_time, 1e-9)
+    eta = datetime.timedelta(seconds=round((until - step) / rate)) if rate > 0 else "?"
+    line = (f"step {step}/{until} | loss {metrics.get('loss', math.nan):.4f} | "
+            f"{metrics.get('steps_per_sec', 0.0):.1f} steps/s | "
+            f"{metrics.get('tokens_per_sec', 0.0):,.0f} tokens/s | ETA {eta}")
+    if self._tty:
+      width = 30
+      filled = int(width * step / max(until, 1))
+      sys.stdout.write(f"\r[{'=' * filled}{' ' * (width - filled)}] {line}")
+      sys.stdout.flush()
+      self._bar_open = True
+    if step // self._log_interval > self._logged or step >= until:
+      self._logged = step // self._log_interval
+      self._end_progress_bar()
+      logging.info(line)
+
+  def _end_progress_bar(self) -> None:
+    if self._bar_open:
+      sys.stdout.write("\n")
+      sys.stdout.flush()
+      self._bar_open = False

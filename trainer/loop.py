@@ -1,0 +1,180 @@
+"""Compiled multi-step loops: N training steps (or a whole eval pass) in one `tf.function` call.
+
+The step count is a tensor, so calls with different N reuse one trace. The loop runs in cross-replica
+context and calls `strategy.run` once per step (the way Orbit and Keras compile their loops); the carried
+state flows through the loop as a per-replica value and is returned, so it survives between calls.
+"""
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+from trainer import distribute
+from trainer.train_step import NonFiniteCounters, eval_step, forward_backward, train_step
+
+
+class TrainOutputs(NamedTuple):
+  """What one call of `TrainLoop` reports, as NumPy values (one entry per step taken)."""
+
+  steps: int                   # steps taken (fewer than asked if max_nonfinite_steps ran out)
+  loss: np.ndarray             # [steps] global-batch mean loss of each step
+  grad_norm: np.ndarray        # [steps] global gradient norm before clipping
+  learning_rate: np.ndarray    # [steps] rate the step was taken with
+  weight: np.ndarray           # [steps] global weight sum (target positions)
+  nonfinite_steps: np.ndarray  # [steps] running total of skipped steps after each step
+  consecutive_nonfinite: int  # skipped steps in a row at the end of the loop
+  state_rms: dict[str, float]  # RMS of each carried state tensor after the last step
+
+
+def state_paths(structure) -> list[str]:
+  """Names for the leaves of a state nest: 'h', 'c' for an LSTMState, '0/h', '1/c' for a tuple of them."""
+  def walk(node, prefix):
+    if isinstance(node, dict):
+      items = sorted(node.items())
+    elif hasattr(node, "_fields"):
+      items = list(zip(node._fields, node))
+    elif isinstance(node, (list, tuple)):
+      items = list(enumerate(node))
+    else:
+      return [prefix or "state"]
+    return [p for key, child in items for p in walk(child, f"{prefix}/{key}" if prefix else str(key))]
+  return walk(structure, "")
+
+
+class TrainLoop:
+  """`loop(num_steps, state) -> (new_state, TrainOutputs)`: runs `num_steps` training steps in graph.
+
+  Args:
+    strategy: The strategy the task and optimizer were built under.
+    task: The `trainer.task.Task`.
+    optimizer: A built Keras optimizer.
+    global_step: int64 scalar variable; step k reads `task.train_batch(k, ...)`, then the variable is k + 1.
+    counters: NonFiniteCounters.
+    rows: Rows per replica (global batch / replicas).
+    clip_norm: Global-norm clip (None: off).
+    max_nonfinite_steps: Stop the loop early once this many steps in a row were skipped.
+    jit_compile: Compile each replica's forward and backward pass with XLA.
+  """
+
+  def __init__(self, strategy, task, optimizer, *, global_step: tf.Variable, counters: NonFiniteCounters,
+               rows: int, clip_norm: float | None, max_nonfinite_steps: int, jit_compile: bool = False):
+    self._strategy = strategy
+    self._task = task
+    self._optimizer = optimizer
+    self._global_step = global_step
+    self._counters = counters
+    self._rows = rows
+    self._clip_norm = clip_norm
+    self._max_nonfinite = max_nonfinite_steps
+    self._forward_backward = (tf.function(forward_backward, jit_compile=True) if jit_compile
+                              else forward_backward)
+    self._paths = None
+    self._loop = tf.function(self._run)
+
+  def _replica_step(self, step, state):
+    ctx = tf.distribute.get_replica_context()
+    row_start = ctx.replica_id_in_sync_group * self._rows
+    batch = self._task.train_batch(step, row_start, self._rows)
+    return train_step(self._task, self._optimizer, batch, state, counters=self._counters,
+                      clip_norm=self._clip_norm, forward_backward_fn=self._forward_backward)
+
+  def _run(self, num_steps, state):
+    strategy = self._strategy
+    arrays = {k: tf.TensorArray(dtype, size=num_steps, element_shape=[]) for k, dtype in (
+        ("loss", tf.float32), ("grad_norm", tf.float32), ("learning_rate", tf.float32),
+        ("weight", tf.float32), ("nonfinite_steps", tf.int64))}
+    taken = tf.constant(0)
+    for i in tf.range(num_steps):
+      learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
+      state, metrics = strategy.run(self._replica_step, args=(self._global_step.read_value(), state))
+      metrics = distribute.first_replica(strategy, metrics)
+      self._global_step.assign_add(1)
+      arrays["loss"] = arrays["loss"].write(i, metrics["loss"])
+      arrays["grad_norm"] = arrays["grad_norm"].write(i, metrics["grad_norm"])
+      arrays["learning_rate"] = arrays["learning_rate"].write(i, learning_rate)
+      arrays["weight"] = arrays["weight"].write(i, metrics["weight"])
+      arrays["nonfinite_steps"] = arrays["nonfinite_steps"].write(i, self._counters.total.read_value())
+      taken = i + 1
+      if self._counters.consecutive >= self._max_nonfinite:
+        break
+    outputs = {k: a.gather(tf.range(taken)) for k, a in arrays.items()}
+    outputs["consecutive_nonfinite"] = self._counters.consecutive.read_value()
+    return state, outputs, self._state_sums(state)
+
+  def _state_sums(self, state):
+    """Per state tensor: (sum of squares, element count) over every replica's rows."""
+    def local(s):
+      return [tf.stack([tf.reduce_sum(tf.square(t)), tf.cast(tf.size(t), tf.float32)])
+              for t in tf.nest.flatten(s)]
+    return self._strategy.reduce(tf.distribute.ReduceOp.SUM, self._strategy.run(local, args=(state,)),
+                                 axis=None)
+
+  def __call__(self, num_steps: int, state) -> tuple[Any, TrainOutputs]:
+    if self._paths is None:
+      self._paths = state_paths(distribute.first_replica(self._strategy, state))
+    state, outputs, sums = self._loop(tf.constant(num_steps, tf.int32), state)
+    outputs = {k: v.numpy() for k, v in outputs.items()}
+    outputs["consecutive_nonfinite"] = int(outputs["consecutive_nonfinite"])
+    sums = [x.numpy() for x in sums]
+    state_rms = {p: float(np.sqrt(s[0] / max(s[1], 1.0))) for p, s in zip(self._paths, sums)}
+    return state, TrainOutputs(steps=len(outputs["loss"]), state_rms=state_rms, **outputs)
+
+  @property
+  def tracing_count(self) -> int:
+    """How many times the loop was traced (stays 1: step counts are tensors)."""
+    return self._loop.experimental_get_tracing_count()
+
+
+class EvalLoop:
+  """`loop(split) -> sums`: one pass over an eval split from a zero state, state carried across its chunks.
+
+  Args:
+    strategy: The strategy the task was built under.
+    task: The `trainer.task.Task`.
+    rows: Eval rows per replica.
+    max_batches: Cap on chunks per eval (None: all).
+  """
+
+  def __init__(self, strategy, task, *, rows: int, max_batches: int | None = None):
+    self._strategy = strategy
+    self._task = task
+    self._rows = rows
+    self._max_batches = max_batches
+    self._loops = {}
+
+  def _make_loop(self, split):
+    strategy, task, rows = self._strategy, self._task, self._rows
+
+    def replica_step(index, state):
+      ctx = tf.distribute.get_replica_context()
+      batch = task.eval_batch(split, index, ctx.replica_id_in_sync_group * rows, rows)
+      return eval_step(task, batch, state)
+
+    def accumulate(index, state, totals):
+      state, sums = replica_step(index, state)
+      return state, {k: totals[k] + v for k, v in sums.items()}
+
+    def run(num_batches):
+      state = strategy.experimental_distribute_values_from_function(lambda _: task.initial_state(rows))
+      # Chunk 0 outside the loop: it fixes the structure of the sums (the task may add its own).
+      state, totals = strategy.run(replica_step, args=(tf.constant(0, tf.int64), state))
+      for index in tf.range(1, num_batches):
+        state, totals = strategy.run(accumulate, args=(tf.cast(index, tf.int64), state, totals))
+      return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+
+    return tf.function(run)
+
+  def num_batches(self, split: str) -> int:
+    count = int(self._task.num_eval_batches(split))
+    return count if self._max_batches is None else min(count, self._max_batches)
+
+  def __call__(self, split: str) -> dict[str, float] | None:
+    """Accumulated sums over the split (`loss`, `weight`, the task's extras) as Python floats; None if
+    the split has no chunks."""
+    if self.num_batches(split) == 0:
+      return None
+    if split not in self._loops:
+      self._loops[split] = self._make_loop(split)
+    sums = self._loops[split](tf.constant(self.num_batches(split), tf.int32))
+    return {k: float(v.numpy()) for k, v in sums.items()}

@@ -1,0 +1,112 @@
+"""TensorBoard writers for model_dir/train and model_dir/eval, the operative config, and reading events back.
+
+Nested metric dicts become tag folders: {"state": {"0/h": x}} is written as `state/0/h`.
+"""
+
+import glob
+import os
+
+import gin
+import numpy as np
+import tensorflow as tf
+
+OPERATIVE_CONFIG = "operative_config.gin"
+
+
+def flatten(metrics: dict, prefix: str = "") -> dict[str, float]:
+  """{"a": {"b": 1}} -> {"a/b": 1}."""
+  flat = {}
+  for key, value in metrics.items():
+    name = f"{prefix}/{key}" if prefix else str(key)
+    if isinstance(value, dict):
+      flat.update(flatten(value, name))
+    else:
+      flat[name] = value
+  return flat
+
+
+class Summaries:
+  """Lazily created summary writers, one per run directory under model_dir ('train', 'eval', ...).
+
+  Args:
+    model_dir: The run's directory.
+    enabled: False on non-chief workers: every write is a no-op.
+  """
+
+  def __init__(self, model_dir: str, enabled: bool = True):
+    self._model_dir = model_dir
+    self._enabled = enabled
+    self._writers = {}
+
+  def writer(self, name: str):
+    if name not in self._writers:
+      self._writers[name] = (tf.summary.create_file_writer(os.path.join(self._model_dir, name))
+                             if self._enabled else tf.summary.create_noop_writer())
+    return self._writers[name]
+
+  def scalars(self, name: str, step: int, metrics: dict) -> None:
+    """Writes every (nested) scalar of `metrics` at `step` to the `name` writer."""
+    with self.writer(name).as_default(step=step):
+      for tag, value in flatten(metrics).items():
+        tf.summary.scalar(tag, value)
+
+  def histograms(self, name: str, step: int, tensors: dict) -> None:
+    with self.writer(name).as_default(step=step):
+      for tag, value in flatten(tensors).items():
+        tf.summary.histogram(tag, value)
+
+  def text(self, name: str, step: int, tag: str, text: str) -> None:
+    with self.writer(name).as_default(step=step):
+      tf.summary.text(tag, text)
+
+  def flush(self) -> None:
+    for writer in self._writers.values():
+      writer.flush()
+
+  def close(self) -> None:
+    for writer in self._writers.values():
+      writer.close()
+    self._writers = {}
+
+
+def write_operative_config(model_dir: str, summaries: Summaries, step: int) -> str:
+  """Saves `gin.operative_config_str()` to model_dir/operative_config.gin (atomically) and as text.
+
+  Returns:
+    The config text.
+  """
+  config = gin.operative_config_str()
+  path = os.path.join(model_dir, OPERATIVE_CONFIG)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(config)
+  os.replace(tmp, path)
+  # Indented lines render as a code block in TensorBoard's Markdown text plugin.
+  summaries.text("train", step, "operative_config",
+                 "\n".join("    " + line for line in config.splitlines()) or "    (empty)")
+  return config
+
+
+def read_scalars(directory: str, tag: str) -> dict[int, float]:
+  """Reads one scalar tag back from the event files in `directory`: {step: value}.
+
+  When a step was written more than once (a resumed run repeats the steps after its checkpoint), the
+  value written last (by wall time) wins.
+  """
+  latest = {}
+  for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        if value.tag == tag and (event.step not in latest or event.wall_time >= latest[event.step][0]):
+          scalar = float(np.asarray(tf.make_ndarray(value.tensor)).reshape(()))
+          latest[event.step] = (event.wall_time, scalar)
+  return {step: value for step, (_, value) in sorted(latest.items())}
+
+
+def read_tags(directory: str) -> set[str]:
+  """Every tag in the event files of `directory`."""
+  tags = set()
+  for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      tags.update(value.tag for value in event.summary.value)
+  return tags

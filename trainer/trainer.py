@@ -1,0 +1,317 @@
+"""The gin-configurable `Trainer`: builds the optimizer, loops, checkpoints and controller around a Task.
+
+  strategy = make_strategy()
+  with strategy.scope():
+    task = SomeTask(...)
+    trainer = Trainer(task=task, model_dir=model_dir, strategy=strategy)
+  metrics = trainer.train()          # resumes from the newest checkpoint, trains to Trainer.train_steps
+  metrics = trainer.evaluate(splits=("valid", "test"))
+"""
+
+import math
+import os
+import tempfile
+
+import gin
+import keras
+import tensorflow as tf
+from absl import logging
+
+from layers.state import reset_rows
+from trainer import distribute, optimizers, runtime
+from trainer import summaries as summaries_lib
+from trainer.checkpointing import Checkpointer
+from trainer.controller import Controller
+from trainer.errors import ConfigError
+from trainer.loop import EvalLoop, TrainLoop, TrainOutputs, state_paths
+from trainer.task import Task
+from trainer.train_step import NonFiniteCounters, SUM, forward_backward
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_int(name: str, value, example: int, allow_none: bool = False):
+  if value is None and allow_none:
+    return None
+  if not _is_int(value) or value <= 0:
+    none = " or None" if allow_none else ""
+    raise ConfigError(f"Trainer.{name} must be a positive integer{none}, got {value!r}; "
+                      f"set --gin_bindings='Trainer.{name}={example}'")
+  return value
+
+
+@gin.configurable("Trainer", denylist=["task", "model_dir", "strategy"])
+class Trainer:
+  """Trains a `Task` with truncated backpropagation through time; resumable and distributable.
+
+  Everything a bit-exact resume needs is checkpointed: model, optimizer, global step, the carried train
+  state (all replicas' rows, [B, ...]), the non-finite counters, Keras seed-generator states (dropout
+  masks) and the best eval loss.
+
+  Args:
+    task: The task (model, data, loss, metrics), built inside `strategy.scope()`.
+    model_dir: Run directory: checkpoints/, train/ and eval/ event files, operative_config.gin.
+    strategy: The strategy the task was built under (default: the current one).
+    train_steps: Final global step (steps).
+    steps_per_loop: Steps per compiled loop call (steps).
+    clip_norm: Clip the global gradient (all replicas, all variables) to this norm; None: no clipping.
+    summary_interval: Train scalars at multiples of this (steps).
+    checkpoint_interval: Checkpoint at multiples of this (steps), at the end and on SIGINT/SIGTERM.
+    eval_interval: Evaluate the 'valid' split at multiples of this (steps); None: only at the end.
+    max_checkpoints: Newest checkpoints kept.
+    seed: Seed for Python, NumPy, TensorFlow and Keras (applied by `make_strategy()` before the model is
+      built; applied here too if it was not).
+    deterministic: Make every op deterministic (a resumed run then repeats an uninterrupted one bitwise).
+    max_nonfinite_steps: Non-finite steps in a row (each skipped) that end training with TrainingError.
+    optimizer: Optimizer factory, `optimizer(learning_rate=...)`, e.g. `@optimizers.SGD`.
+    learning_rate: Base learning rate.
+    lr_schedule: Schedule factory (e.g. `@schedules.EpochDecay`); None: constant.
+    jit_compile: Compile each replica's forward and backward pass with XLA.
+    mixed_precision: None, 'mixed_float16' or 'mixed_bfloat16'; must match the policy the model was
+      built with (`make_strategy()` sets it from this binding). float16 uses dynamic loss scaling.
+    eval_steps: Cap on eval chunks per split (None: all).
+    histogram_interval: Weight and gradient histograms about every this many steps (None: off).
+    log_interval: Progress line about every this many steps.
+
+  Raises:
+    ConfigError: An invalid value (the message names the gin parameter), a batch that does not split
+      over the replicas, or a model built with another dtype policy than `mixed_precision`.
+  """
+
+  def __init__(self, task: Task, model_dir: str, strategy: tf.distribute.Strategy | None = None, *,
+               train_steps: int = 1000, steps_per_loop: int = 100, clip_norm: float | None = None,
+               summary_interval: int = 100, checkpoint_interval: int = 1000,
+               eval_interval: int | None = None, max_checkpoints: int = 3,
+               seed: int = runtime.DEFAULT_SEED, deterministic: bool = runtime.DEFAULT_DETERMINISTIC,
+               max_nonfinite_steps: int = 10, optimizer=optimizers.Adam, learning_rate: float = 1e-3,
+               lr_schedule=None, jit_compile: bool = False,
+               mixed_precision: str | None = runtime.DEFAULT_MIXED_PRECISION,
+               eval_steps: int | None = None, histogram_interval: int | None = 1000,
+               log_interval: int = 100):
+    self.train_steps = _positive_int("train_steps", train_steps, 1000)
+    _positive_int("steps_per_loop", steps_per_loop, 100)
+    _positive_int("summary_interval", summary_interval, 100)
+    _positive_int("checkpoint_interval", checkpoint_interval, 1000)
+    _positive_int("eval_interval", eval_interval, 1000, allow_none=True)
+    _positive_int("max_checkpoints", max_checkpoints, 3)
+    _positive_int("max_nonfinite_steps", max_nonfinite_steps, 10)
+    _positive_int("eval_steps", eval_steps, 100, allow_none=True)
+    _positive_int("histogram_interval", histogram_interval, 1000, allow_none=True)
+    _positive_int("log_interval", log_interval, 100)
+    if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
+                                  or not math.isfinite(clip_norm) or clip_norm <= 0):
+      raise ConfigError(f"Trainer.clip_norm must be a positive number or None, got {clip_norm!r}; "
+                        "set --gin_bindings='Trainer.clip_norm=5.0'")
+    if not isinstance(jit_compile, bool):
+      raise ConfigError(f"Trainer.jit_compile must be True or False, got {jit_compile!r}")
+    runtime.check_seed(seed)
+    runtime.check_mixed_precision(mixed_precision)
+    if not isinstance(task, Task):
+      raise TypeError(f"task must be a trainer.task.Task, got {type(task).__name__}")
+    if runtime.seeded_with() != seed:
+      runtime.seed_everything(seed, deterministic)
+    elif deterministic:
+      runtime.seed_everything(seed, deterministic)
+
+    self.task = task
+    self.model_dir = model_dir
+    self.strategy = strategy or tf.distribute.get_strategy()
+    self._chief = distribute.is_chief(self.strategy)
+    self._rows = distribute.rows_per_replica(self.strategy, task.global_batch_size,
+                                             "Task.global_batch_size")
+    eval_rows = distribute.rows_per_replica(self.strategy, task.eval_batch_size, "Task.eval_batch_size")
+    os.makedirs(model_dir, exist_ok=True)
+
+    with self.strategy.scope():
+      self._build_model()
+      loss_scaling = self._check_precision(mixed_precision)
+      self.optimizer = optimizers.build_optimizer(
+          optimizer, learning_rate, lr_schedule, steps_per_epoch=task.steps_per_epoch,
+          total_steps=train_steps, loss_scaling=loss_scaling)
+      self.optimizer.build(task.model.trainable_variables)
+      self.global_step = self._variable(0, tf.int64, "global_step")
+      self._counters = NonFiniteCounters(total=self._variable(0, tf.int64, "nonfinite_steps"),
+                                         consecutive=self._variable(0, tf.int64, "nonfinite_in_a_row"))
+      self._best_eval_loss = self._variable(math.inf, tf.float32, "best_eval_loss")
+      initial = task.initial_state(task.global_batch_size)
+      self._state_structure = initial
+      self._state_variables = [self._variable(tf.zeros_like(t), t.dtype, f"train_state/{p}")
+                               for t, p in zip(tf.nest.flatten(initial), state_paths(initial))]
+
+    checkpoint_dir = (os.path.join(model_dir, "checkpoints") if self._chief
+                      else tempfile.mkdtemp(prefix="tbptt_worker_checkpoints_"))
+    self.checkpointer = Checkpointer(
+        checkpoint_dir, max_to_keep=max_checkpoints, model=task.model, optimizer=self.optimizer,
+        step=self.global_step, nonfinite_steps=self._counters.total,
+        nonfinite_in_a_row=self._counters.consecutive, best_eval_loss=self._best_eval_loss,
+        train_state=list(self._state_variables),
+        # Keras seed generators (dropout masks) are not reached through the model's checkpoint.
+        model_non_trainable=list(task.model.non_trainable_variables))
+    self._train_loop = TrainLoop(
+        self.strategy, task, self.optimizer, global_step=self.global_step, counters=self._counters,
+        rows=self._rows, clip_norm=None if clip_norm is None else float(clip_norm),
+        max_nonfinite_steps=max_nonfinite_steps, jit_compile=jit_compile)
+    self._eval_loop = EvalLoop(self.strategy, task, rows=eval_rows, max_batches=eval_steps)
+    self.summaries = summaries_lib.Summaries(model_dir, enabled=self._chief)
+    self.controller = Controller(
+        runner=self, summaries=self.summaries, train_steps=train_steps, steps_per_loop=steps_per_loop,
+        summary_interval=summary_interval, checkpoint_interval=checkpoint_interval,
+        eval_interval=eval_interval, histogram_interval=histogram_interval, log_interval=log_interval,
+        max_nonfinite_steps=max_nonfinite_steps, tokens_per_step=task.tokens_per_step)
+    self._gradient_fn = None
+    # Compiled once: an eager strategy.gather would retrace on every checkpoint.
+    self._gather_fn = tf.function(lambda state: distribute.gather_rows(self.strategy, state))
+    self._restored = False
+    self._state = self._zero_state()
+
+  # -- construction --------------------------------------------------------------------------------------
+
+  def _variable(self, initial, dtype, name):
+    return tf.Variable(initial, dtype=dtype, trainable=False, name=name,
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  def _build_model(self):
+    """Creates the model's variables (under the strategy's scope) with one inference call on chunk 0."""
+    model = self.task.model
+    if not model.built or not model.trainable_variables:
+      batch = self.task.train_batch(tf.constant(0, tf.int64), 0, self._rows)
+      model(batch["inputs"], self.task.initial_state(self._rows), training=False)
+    if not model.trainable_variables:
+      raise ConfigError(f"the task's model {model.name!r} has no trainable variables")
+
+  def _check_precision(self, mixed_precision) -> bool:
+    """Checks the model's dtype policy against Trainer.mixed_precision; True if loss scaling is needed."""
+    policy = self.task.model.dtype_policy.name
+    if mixed_precision is not None and policy != mixed_precision:
+      raise ConfigError(
+          f"Trainer.mixed_precision={mixed_precision!r} but the model was built with dtype policy "
+          f"{policy!r}; the policy must be set before the model is built (make_strategy() sets it from "
+          "Trainer.mixed_precision)")
+    return self.task.model.compute_dtype == "float16"
+
+  # -- carried state -------------------------------------------------------------------------------------
+
+  def _zero_state(self):
+    rows = self._rows
+    return self.strategy.experimental_distribute_values_from_function(
+        lambda _: self.task.initial_state(rows))
+
+  def _state_from_variables(self):
+    values = tf.nest.pack_sequence_as(self._state_structure,
+                                      [v.read_value() for v in self._state_variables])
+    return distribute.distribute_rows(self.strategy, values, self._rows)
+
+  def _state_to_variables(self):
+    gathered = tf.nest.flatten(self._gather_fn(self._state))
+    for variable, value in zip(self._state_variables, gathered):
+      variable.assign(value)
+
+  def carried_state(self):
+    """The carried train state of all replicas' rows, a nest of global [B, ...] tensors."""
+    return self._gather_fn(self._state)
+
+  # -- public API ----------------------------------------------------------------------------------------
+
+  @property
+  def step(self) -> int:
+    """The global step (steps taken, skipped ones included)."""
+    return int(self.global_step.numpy())
+
+  def restore(self) -> int | None:
+    """Restores the newest checkpoint (model, optimizer, step, carried state...); returns its step or None.
+
+    Raises:
+      ConfigError: The checkpoint does not fit the model (its files are left untouched).
+    """
+    with self.strategy.scope():
+      path = self.checkpointer.restore()
+      self._restored = True
+      if path is None:
+        return None
+      self._state = self._state_from_variables()
+    logging.info("Restored %s (step %d).", path, self.step)
+    return self.step
+
+  def train(self, until_step: int | None = None) -> dict:
+    """Restores the newest checkpoint (once per Trainer), then trains to `until_step` or `train_steps`.
+
+    Evaluates 'valid' every eval_interval and at the end, checkpoints every checkpoint_interval and at
+    the end.
+
+    Returns:
+      {"step": int, "train": {loss, grad_norm, learning_rate, steps_per_sec, tokens_per_sec,
+      nonfinite_steps} of the last step, "valid": eval metrics of the last eval (if the task has a
+      'valid' split)}.
+
+    Raises:
+      TrainingError: Too many non-finite steps in a row.
+      TrainingInterrupted: (a SystemExit, code 130/143) SIGINT/SIGTERM; a checkpoint was written.
+      ConfigError: The newest checkpoint does not fit the model.
+    """
+    if not self._restored:
+      self.restore()
+    return self.controller.train(until_step)
+
+  def evaluate(self, splits=("valid", "test")) -> dict:
+    """Restores the newest checkpoint, evaluates each split, writes eval summaries.
+
+    Returns:
+      {split: metrics} for every split that has data.
+    """
+    self.restore()
+    return self.controller.evaluate(splits, self.step)
+
+  # -- runner interface (driven by the Controller) -------------------------------------------------------
+
+  def train_loop(self, num_steps: int) -> TrainOutputs:
+    self._state, outputs = self._train_loop(num_steps, self._state)
+    return outputs
+
+  def evaluate_split(self, split: str) -> dict | None:
+    sums = self._eval_loop(split)
+    if sums is None:
+      return None
+    return {k: float(v) for k, v in self.task.eval_metrics(sums).items()}
+
+  def save_checkpoint(self, step: int) -> None:
+    self._state_to_variables()
+    path = self.checkpointer.save(step)
+    logging.info("Saved %s.", path)
+
+  def save_best(self, step: int, eval_loss: float) -> None:
+    if eval_loss < float(self._best_eval_loss.numpy()):
+      self._best_eval_loss.assign(eval_loss)
+      self._state_to_variables()
+      self.checkpointer.save_best(step)
+
+  def write_operative_config(self, step: int) -> None:
+    if self._chief:
+      summaries_lib.write_operative_config(self.model_dir, self.summaries, step)
+
+  def histograms(self) -> dict:
+    """{"weights": {path: value}, "gradients": {path: gradient on the next chunk at the current weights}}.
+
+    The gradient pass draws dropout masks; the model's non-trainable variables (seed-generator states)
+    are put back afterwards, so histograms never change what training does next.
+    """
+    variables = self.task.model.trainable_variables
+    if self._gradient_fn is None:
+      self._gradient_fn = tf.function(self._gradients)
+    kept = [(v, tf.identity(v)) for v in self.task.model.non_trainable_variables]
+    grads = self._gradient_fn(self.global_step.read_value(), self._state)
+    for variable, value in kept:
+      variable.assign(value)
+    return {"weights": {v.path: tf.convert_to_tensor(v) for v in variables},
+            "gradients": {v.path: tf.convert_to_tensor(g) for v, g in zip(variables, grads)}}
+
+  def _gradients(self, step, state):
+    def replica(step, state):
+      ctx = tf.distribute.get_replica_context()
+      batch = self.task.train_batch(step, ctx.replica_id_in_sync_group * self._rows, self._rows)
+      weight = ctx.all_reduce(SUM, tf.reduce_sum(tf.cast(batch["weights"], tf.float32)))
+      _, _, grads = forward_backward(self.task, batch, reset_rows(state, batch["reset"]), weight)
+      grads = [tf.convert_to_tensor(g) for g in grads]
+      return ctx.all_reduce(SUM, grads)
+    return distribute.first_replica(self.strategy, self.strategy.run(replica, args=(step, state)))
