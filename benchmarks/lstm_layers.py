@@ -1,15 +1,16 @@
 """Times one training step (forward + backward) of the tbptt `LSTM` against `keras.layers.LSTM`.
 
-Also times the peephole and layer-norm variants, and `torch.nn.LSTM` when torch is installed. Candidates are
-interleaved in rounds (every candidate once per round, in a shuffled order) after a warm-up, so that a change
-in machine load hits all of them alike; the table reports the median milliseconds per step and the ratios.
+Also times the peephole and layer-norm variants, and `torch.nn.LSTM` when torch is installed.
+Candidates are interleaved in rounds (every candidate once per round, in a shuffled order) after a
+warm-up, so that a change in machine load hits all of them alike; the table reports the median
+milliseconds per step and the ratios.
 
   python benchmarks/lstm_layers.py                 # all shapes, 15 rounds
   python benchmarks/lstm_layers.py --shapes small --rounds 30
   python benchmarks/lstm_layers.py --quick         # smoke run: smallest shape, 2 rounds
 
-Targets (printed as PASS/FAIL): ours no slower than keras.layers.LSTM at every shape (ratio <= 1 within
-`--noise`), the peephole and layer-norm variants within 1.3x of ours.
+Targets (printed as PASS/FAIL): ours no slower than keras.layers.LSTM at every shape (ratio <= 1
+within `--noise`), the peephole and layer-norm variants within 1.3x of ours.
 """
 
 import argparse
@@ -116,8 +117,8 @@ def time_interleaved(steps: dict, rounds: int, warmup: int, pause: float = 0.0,
   for _ in range(rounds):
     rng.shuffle(order)
     for name in order:
-      # Let the previous candidate's idle worker threads stop spinning: TF's and torch's thread pools
-      # would otherwise compete for the same cores.
+      # Let the previous candidate's idle worker threads stop spinning: TF's and torch's thread
+      # pools would otherwise compete for the same cores.
       time.sleep(pause)
       start = time.perf_counter()
       steps[name]()  # Returns a Python float, so the step has finished when the clock stops.
@@ -192,7 +193,8 @@ def parse_args(argv):
   parser.add_argument("--rounds", type=int, default=15, help="timed rounds (each candidate once)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate first")
   parser.add_argument("--shapes", choices=sorted(SHAPES), default="all",
-                      help="small: B,T,F,H = 20,35,200,200 and 64,50,32,64; all: also 20,35,650,650")
+                      help="small: B,T,F,H = 20,35,200,200 and 64,50,32,64; "
+                           "all: also 20,35,650,650")
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: the smallest shape, 2 rounds, 1 warm-up step")
   parser.add_argument("--noise", type=float, default=0.05,

@@ -1,4 +1,4 @@
-"""Helpers shared by the layer tests: random weights and reading them back for the NumPy reference."""
+"""Helpers shared by the layer tests: random weights, reading them back for the NumPy reference."""
 
 import keras
 import numpy as np
@@ -10,7 +10,7 @@ import numpy_reference
 def randomize_weights(cell, seed: int, scale: float = 0.5) -> None:
   """Gives every weight of a built cell a random value, so that each variant's weights matter.
 
-  Layer-norm gains are drawn around 1 and every other weight around 0 with standard deviation `scale`.
+  Layer-norm gains are drawn around 1, every other weight around 0 with standard deviation `scale`.
   """
   rng = np.random.default_rng(seed)
   for name in numpy_reference.ALL_WEIGHTS:
@@ -45,9 +45,10 @@ VARIANTS = {
     "projection": dict(num_proj=3, proj_clip=0.15),
     "layer_norm": dict(layer_norm=True),
     "zoneout": dict(zoneout_cell=0.3, zoneout_hidden=0.2),
-    "peepholes_projection_clips": dict(use_peepholes=True, num_proj=3, proj_clip=0.2, cell_clip=0.4),
-    "everything": dict(use_peepholes=True, num_proj=3, proj_clip=0.2, cell_clip=0.4, layer_norm=True,
-                       zoneout_cell=0.1, zoneout_hidden=0.25),
+    "peepholes_projection_clips": dict(use_peepholes=True, num_proj=3, proj_clip=0.2,
+                                       cell_clip=0.4),
+    "everything": dict(use_peepholes=True, num_proj=3, proj_clip=0.2, cell_clip=0.4,
+                       layer_norm=True, zoneout_cell=0.1, zoneout_hidden=0.25),
 }
 
 
@@ -57,8 +58,10 @@ def unclipped(kwargs: dict) -> dict:
 
 
 def built_lstm(layer_cls, units: int, features: int, seed: int = 0, batch: int = 2, **kwargs):
-  """A built `layer_cls(units, **kwargs)` (an `LSTM`) whose cell has random weights and, if stateful,
-  a zero kept state for `batch` rows."""
+  """A built `layer_cls(units, **kwargs)` (an `LSTM`) whose cell has random weights.
+
+  A stateful layer's kept state is zero, for `batch` rows.
+  """
   layer = layer_cls(units, **kwargs)
   shape = [1, batch, features] if kwargs.get("time_major") else [batch, 1, features]
   layer(tf.zeros(shape))

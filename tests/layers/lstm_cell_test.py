@@ -1,4 +1,4 @@
-"""Tests for layers/lstm_cell.py: one step against the NumPy reference, weights, noise, arguments."""
+"""Tests for layers/lstm_cell.py: one step against the NumPy reference, weights, noise, errors."""
 
 import keras
 import numpy as np
@@ -144,7 +144,8 @@ def test_config_is_registered_for_deserialisation():
 @pytest.mark.parametrize("kwargs, argument", [
     (dict(units=0), "units"), (dict(units=-3), "units"), (dict(units=2.5), "units"),
     (dict(units=U, cell_clip=0.0), "cell_clip"), (dict(units=U, cell_clip=-1.0), "cell_clip"),
-    (dict(units=U, num_proj=2, proj_clip=0.0), "proj_clip"), (dict(units=U, num_proj=0), "num_proj"),
+    (dict(units=U, num_proj=2, proj_clip=0.0), "proj_clip"),
+    (dict(units=U, num_proj=0), "num_proj"),
     (dict(units=U, dropout=1.0), "dropout"), (dict(units=U, dropout=-0.1), "dropout"),
     (dict(units=U, recurrent_dropout=1.5), "recurrent_dropout"),
     (dict(units=U, zoneout_cell=1.0), "zoneout_cell"),

@@ -1,5 +1,7 @@
-"""Numerical gradient checks of `LSTM` (float64) for every variant: w.r.t. the inputs, the initial state and
-every weight."""
+"""Numerical gradient checks of `LSTM` (float64) for every variant.
+
+Gradients w.r.t. the inputs, the initial state and every weight against finite differences.
+"""
 
 import numpy as np
 import pytest

@@ -1,5 +1,8 @@
-"""Tests for layers/lstm.py: the sequence layer against the NumPy reference and keras.layers.LSTM, layouts,
-carried state, compilation, masking, dropout and zoneout noise, distribution, configs and argument errors."""
+"""Tests for layers/lstm.py, the sequence layer.
+
+Against the NumPy reference and keras.layers.LSTM; layouts, carried state, compilation, masking,
+dropout and zoneout noise, distribution, configs and argument errors.
+"""
 
 import functools
 
@@ -34,7 +37,7 @@ MASK = np.array([[True, True, True, True, True],
                  [True, True, True, False, False]])
 
 
-# -- the NumPy reference ------------------------------------------------------------------------------
+# -- the NumPy reference ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -77,7 +80,7 @@ def test_numpy_reference_matches_keras_lstm():
   np.testing.assert_allclose(c, ref_c, **TOL)
 
 
-# -- keras.layers.LSTM ----------------------------------------------------------------------------------
+# -- keras.layers.LSTM -----------------------------------------------------------------------------
 
 def _keras_twin(lstm):
   keras_lstm = keras.layers.LSTM(U, return_sequences=True, return_state=True, use_cudnn=False)
@@ -124,7 +127,7 @@ def test_masked_batch_final_state_matches_keras_lstm():
   np.testing.assert_allclose(outputs.numpy()[MASK], keras_out.numpy()[MASK], **TOL)
 
 
-# -- layouts, carried state, compilation ----------------------------------------------------------------
+# -- layouts, carried state, compilation -----------------------------------------------------------
 
 def test_time_major_equals_batch_major_transposed():
   kwargs = VARIANTS["everything"]
@@ -235,7 +238,7 @@ def test_mirrored_strategy_gives_each_replica_the_unreplicated_result():
     np.testing.assert_allclose(h, expected_final.h, **TOL)
 
 
-# -- outputs and options --------------------------------------------------------------------------------
+# -- outputs and options ---------------------------------------------------------------------------
 
 def test_return_sequences_false_returns_the_final_h_and_return_state_false_only_outputs():
   kwargs = VARIANTS["projection"]
@@ -264,7 +267,7 @@ def test_get_initial_state_and_cell():
   assert not np.any(state.h) and not np.any(state.c)
 
 
-# -- dropout and zoneout in training --------------------------------------------------------------------
+# -- dropout and zoneout in training ---------------------------------------------------------------
 
 def _diagonal_blocks(rng, size):
   """[size, 4 * size]: one random diagonal block per gate, so unit j reads only feature j."""
@@ -291,7 +294,8 @@ def test_dropout_uses_one_mask_for_the_whole_sequence(on):
     return numpy_reference.lstm_sequence(x, weights, h0, None, **{mask_arg: mask})[0]
 
   # Unit j of the first step sees only element j of the mask, so the mask can be read off from it.
-  dropped, kept = reference(np.zeros([batch, size])), reference(np.full([batch, size], 1 / (1 - rate)))
+  dropped = reference(np.zeros([batch, size]))
+  kept = reference(np.full([batch, size], 1 / (1 - rate)))
   masks = []
   for _ in range(2):
     outputs = lstm(x, initial_state=state, training=True)[0].numpy()
@@ -303,7 +307,8 @@ def test_dropout_uses_one_mask_for_the_whole_sequence(on):
     masks.append(mask)
   assert 0 < np.count_nonzero(masks[0]) < masks[0].size
   assert not np.array_equal(masks[0], masks[1]), "each call must draw a new mask"
-  np.testing.assert_allclose(lstm(x, initial_state=state)[0], reference(np.ones([batch, size])), **TOL)
+  inference = lstm(x, initial_state=state)[0]
+  np.testing.assert_allclose(inference, reference(np.ones([batch, size])), **TOL)
 
 
 def test_zoneout_in_training_draws_a_fresh_mask_per_step():
@@ -326,7 +331,7 @@ def test_zoneout_in_training_draws_a_fresh_mask_per_step():
   assert len({k.tobytes() for k in kept}) > steps // 2, "zoneout masks must differ between steps"
 
 
-# -- configuration and errors ---------------------------------------------------------------------------
+# -- configuration and errors ----------------------------------------------------------------------
 
 def test_config_round_trip():
   lstm = lstm_of(time_major=True, return_sequences=False, stateful=True,
@@ -340,9 +345,12 @@ def test_config_round_trip():
 
 @pytest.mark.parametrize("kwargs, argument", [
     (dict(units=0), "units"), (dict(units=-1), "units"),
-    (dict(units=U, cell_clip=-0.5), "cell_clip"), (dict(units=U, num_proj=2, proj_clip=0), "proj_clip"),
-    (dict(units=U, dropout=1.0), "dropout"), (dict(units=U, recurrent_dropout=-0.1), "recurrent_dropout"),
-    (dict(units=U, zoneout_cell=2.0), "zoneout_cell"), (dict(units=U, zoneout_hidden=1.0), "zoneout_hidden"),
+    (dict(units=U, cell_clip=-0.5), "cell_clip"),
+    (dict(units=U, num_proj=2, proj_clip=0), "proj_clip"),
+    (dict(units=U, dropout=1.0), "dropout"),
+    (dict(units=U, recurrent_dropout=-0.1), "recurrent_dropout"),
+    (dict(units=U, zoneout_cell=2.0), "zoneout_cell"),
+    (dict(units=U, zoneout_hidden=1.0), "zoneout_hidden"),
 ])
 def test_bad_constructor_argument_raises_value_error_naming_it(kwargs, argument):
   with pytest.raises(ValueError, match=argument):

@@ -1,6 +1,6 @@
 """An independent NumPy reference of the LSTM step and sequence, with every variant.
 
-Written from the equations, in float64, without TensorFlow, so that the layers can be checked against it:
+Written from the equations, in float64 and without TensorFlow, to check the layers against:
 
   z = x K + h(t-1) R + b                      (layer norm: z = LN_in(x K) + LN_rec(h(t-1) R) + b)
   i = sigmoid(z_i + p_i c(t-1))   f = sigmoid(z_f + p_f c(t-1))
@@ -10,9 +10,9 @@ Written from the equations, in float64, without TensorFlow, so that the layers c
   h(t) = clip(h(t) P, +-proj_clip)            (projection)
   zoneout at inference: c(t) = p_c c(t-1) + (1 - p_c) c(t),  h(t) = p_h h(t-1) + (1 - p_h) h(t)
 
-Weights are a dict keyed by the layer's attribute names (Keras layout, gate order i, f, c, o). A variant is
-on when its weights are present: `peephole_i|f|o` (peepholes), `projection`, `input_norm_gamma|beta`,
-`recurrent_norm_gamma|beta`, `cell_norm_gamma|beta` (layer norm).
+Weights are a dict keyed by the layer's attribute names (Keras layout, gate order i, f, c, o). A
+variant is on when its weights are present: `peephole_i|f|o` (peepholes), `projection`,
+`input_norm_gamma|beta`, `recurrent_norm_gamma|beta`, `cell_norm_gamma|beta` (layer norm).
 """
 
 import numpy as np

@@ -42,7 +42,8 @@ def test_zero_state_shapes_and_dtype():
 
 def test_reset_rows_zeroes_only_flagged_rows_of_a_nested_structure():
   rng = np.random.default_rng(0)
-  state = (LSTMState(h=tf.constant(rng.normal(size=[3, 2])), c=tf.constant(rng.normal(size=[3, 4]))),
+  state = (LSTMState(h=tf.constant(rng.normal(size=[3, 2])),
+                     c=tf.constant(rng.normal(size=[3, 4]))),
            {"extra": tf.constant(rng.normal(size=[3, 2, 5]), tf.float32)})
   reset = [True, False, True]
   out = reset_rows(state, reset)

@@ -43,7 +43,8 @@ def test_matches_torch_lstm_outputs_states_and_input_gradients(num_proj):
   grad = tape.gradient(loss, x_tf)
 
   x_torch = torch.from_numpy(x).requires_grad_()
-  torch_outputs, (h_n, c_n) = twin(x_torch, (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None]))
+  torch_state = (torch.from_numpy(h0)[None], torch.from_numpy(c0)[None])   # [layers, B, ...]
+  torch_outputs, (h_n, c_n) = twin(x_torch, torch_state)
   (torch_outputs * torch.from_numpy(probe)).sum().add(c_n.sum()).backward()
 
   np.testing.assert_allclose(outputs, torch_outputs.detach().numpy(), **TOL)

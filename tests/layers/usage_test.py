@@ -1,4 +1,4 @@
-"""The README's usage patterns, run as written (each snippet between the markers is the README's)."""
+"""The README's usage patterns, run as written (the code between the markers is the README's)."""
 
 import numpy as np
 
