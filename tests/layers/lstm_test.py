@@ -371,3 +371,14 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
     lstm(tf.zeros([B, T, F]), initial_state=LSTMState(tf.zeros([B, 2]), tf.zeros([B, 2])))
   with pytest.raises(ValueError, match=r"reset_state.*stateful"):
     lstm.reset_state()
+
+
+@pytest.mark.xfail(strict=True, reason="the state's batch size is not checked against the inputs': "
+                   "the mismatch surfaces later as an InvalidArgumentError")
+def test_initial_state_with_another_batch_size_raises_value_error():
+  lstm = lstm_of()
+  other_batch = LSTMState(tf.zeros([B + 1, U]), tf.zeros([B + 1, U]))
+  with pytest.raises(ValueError, match=r"state.*batch"):
+    lstm(tf.zeros([B, T, F]), initial_state=other_batch)
+  with pytest.raises(ValueError, match=r"state.*batch"):
+    lstm.cell(tf.zeros([B, F]), other_batch)
