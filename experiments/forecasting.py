@@ -30,6 +30,11 @@ class Seq2SeqForecaster(keras.Model):
   the next input. In training, where `inputs['teacher_mask']` is True the true previous value is fed
   instead (teacher forcing); at inference the decoder always runs on its own predictions.
 
+  With `center_windows` the model subtracts each window's context mean (per feature) from everything it
+  reads and adds it back to its predictions: the forecast then depends on the shape of the context and
+  not on its level, so a trend that carries valid/test beyond the training range does not push the
+  LSTM into values it never saw.
+
   Inputs are a [B, C, F] context tensor, or a dict:
     context:      [B, C, F] observed values (normalised).
     horizon:      [B, H, F] optional true future values (teacher forcing only).
@@ -40,10 +45,12 @@ class Seq2SeqForecaster(keras.Model):
     num_features: F, the features read and predicted.
     units: LSTM size of the encoder and the decoder.
     cell_kwargs: Extra `LSTMCell` arguments for both (dropout, layer_norm, zoneout_*, ...).
+    center_windows: Forecast relative to the context mean (see above).
   """
 
   def __init__(self, horizon: int, num_features: int, *, units: int = 32,
-               cell_kwargs: Mapping | None = None, name: str = "forecaster", **kwargs):
+               cell_kwargs: Mapping | None = None, center_windows: bool = True,
+               name: str = "forecaster", **kwargs):
     super().__init__(name=name, **kwargs)
     # The state is passed untouched (Keras would cast it to the compute dtype under mixed precision).
     self._convert_input_args = False
@@ -54,6 +61,7 @@ class Seq2SeqForecaster(keras.Model):
     self.horizon = int(horizon)
     self.num_features = int(num_features)
     self.units = int(units)
+    self.center_windows = bool(center_windows)
     cell_kwargs = dict(cell_kwargs or {})
     self.encoder = LSTM(self.units, return_sequences=False, return_state=True, name="encoder",
                         **cell_kwargs)
@@ -81,11 +89,16 @@ class Seq2SeqForecaster(keras.Model):
     else:
       context, truth, teacher_mask = inputs, None, None
     context = tf.convert_to_tensor(context, tf.float32)
+    offset = (tf.reduce_mean(context, axis=1, keepdims=True) if self.center_windows
+              else tf.zeros_like(context[:, :1]))  # [B, 1, F]
+    context -= offset
     _, encoder_state = self.encoder(context, initial_state=state, training=training)
     teacher = None
     if training and truth is not None and teacher_mask is not None:
-      teacher = (tf.convert_to_tensor(truth, tf.float32), tf.convert_to_tensor(teacher_mask, tf.bool))
-    return self.decode(context[:, -1, :], encoder_state, teacher, training), encoder_state
+      teacher = (tf.convert_to_tensor(truth, tf.float32) - offset,
+                 tf.convert_to_tensor(teacher_mask, tf.bool))
+    predictions = self.decode(context[:, -1, :], encoder_state, teacher, training)
+    return predictions + offset, encoder_state
 
   def decode(self, first_input, state: LSTMState, teacher=None, training=False):
     """Runs the decoder for H steps in a `tf.while_loop`, feeding back each prediction.
@@ -145,7 +158,8 @@ class ForecastTask(Task):
   """Seq2seq forecasting of a (multivariate) series: context C rows in, horizon H rows out.
 
   Data: `series_fn()` gives the series; it is split by time into train/valid/test, normalised with the
-  training part's statistics (saved to `model_dir/normalization.json`, reused on resume and eval) and cut
+  training part's statistics (saved to `model_dir/normalization.json` by `write_assets`, and read back
+  from there on resume and eval) and cut
   into windows. Training step s reads windows `perm_e[(s mod S) * B : ...]` where S = steps per epoch and
   perm_e is a stateless permutation seeded with (seed, e = s div S): a pure function of the step. Eval
   reads all windows of a split in order.
@@ -155,7 +169,7 @@ class ForecastTask(Task):
   reset [b] all True.
 
   Args:
-    model_dir: Where the normalisation statistics are kept (None: not saved).
+    model_dir: Where the normalisation statistics are kept (None: never read or saved).
     series_fn: Callable returning a `series.Series` (gin: `@synthetic_series` or `@csv_series`).
     context_length: C, observed rows per window.
     horizon: H, rows to forecast.
@@ -209,6 +223,7 @@ class ForecastTask(Task):
             f"{data.source}: the {name} part has {rows} of {len(data.values)} rows, too few for one "
             f"window (needs {needed}: context_length={self.context_length}, horizon={self.horizon}); "
             f"use more data or change ForecastTask.context_length/horizon/split_fractions")
+    self.model_dir = model_dir
     self.stats = series_lib.load_or_compute_stats(model_dir, data.values[slice(*bounds["train"])],
                                                   data.columns)
     starts = series_lib.split_windows(
@@ -250,6 +265,16 @@ class ForecastTask(Task):
 
   def initial_state(self, batch_size) -> LSTMState:
     return self._model.initial_state(batch_size)
+
+  @property
+  def asset_paths(self) -> list[str]:
+    """Files an exported model needs besides its weights: the normalisation statistics."""
+    return [series_lib.stats_path(self.model_dir)] if self.model_dir else []
+
+  def write_assets(self) -> None:
+    """Saves the normalisation statistics to model_dir (before training, so resume and eval reuse them)."""
+    if self.model_dir:
+      series_lib.save_stats(self.model_dir, self.stats)
 
   def _windows(self, starts: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     windows = series_lib.gather_windows(self._values, starts, self.context_length + self.horizon)

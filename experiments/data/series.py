@@ -263,38 +263,47 @@ class NormStats:
                tuple(data["columns"]))
 
 
+def stats_path(model_dir: str) -> str:
+  """Where the normalisation statistics of a run live."""
+  return os.path.join(model_dir, STATS_FILENAME)
+
+
 def load_or_compute_stats(model_dir: str | None, train_values: np.ndarray,
                           columns: Sequence[str]) -> NormStats:
-  """Statistics saved in `model_dir`, or computed from `train_values` and saved there.
+  """Statistics saved in `model_dir` if there are any, else computed from `train_values` (not saved).
 
-  Computing once and reusing keeps a resumed run (or an eval of a finished one) on exactly the
+  Reusing saved statistics keeps a resumed run (or an eval of a finished one) on exactly the
   normalisation the weights were trained with, even if the data file changed since.
 
   Args:
-    model_dir: Where `normalization.json` lives; None computes without saving.
+    model_dir: Where `normalization.json` may live; None always computes.
     train_values: [N_train, F] training rows (never valid/test rows).
     columns: The F column names.
 
   Raises:
-    ConfigError: the saved statistics are for other columns.
+    ConfigError: the saved statistics are unreadable or for other columns.
   """
-  path = None if model_dir is None else os.path.join(model_dir, STATS_FILENAME)
-  if path is not None and os.path.exists(path):
-    try:
-      with open(path) as f:
-        stats = NormStats.from_json(json.load(f))
-    except (OSError, ValueError, KeyError) as e:
-      raise ConfigError(f"{path}: unreadable normalisation statistics ({e}); delete the file to "
-                        f"recompute them from the training data") from None
-    if stats.columns != tuple(columns):
-      raise ConfigError(f"{path} was written for columns {list(stats.columns)} but the data has "
-                        f"{list(columns)}; use a new model_dir or the original columns")
-    return stats
-  stats = NormStats.from_values(train_values, columns)
-  if path is not None:
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-      json.dump(stats.to_json(), f, indent=2)
-    os.replace(tmp, path)  # Atomic: a reader never sees a half-written file.
+  path = None if model_dir is None else stats_path(model_dir)
+  if path is None or not os.path.exists(path):
+    return NormStats.from_values(train_values, columns)
+  try:
+    with open(path) as f:
+      stats = NormStats.from_json(json.load(f))
+  except (OSError, ValueError, KeyError) as e:
+    raise ConfigError(f"{path}: unreadable normalisation statistics ({e}); delete the file to "
+                      f"recompute them from the training data") from None
+  if stats.columns != tuple(columns):
+    raise ConfigError(f"{path} was written for columns {list(stats.columns)} but the data has "
+                      f"{list(columns)}; use a new model_dir or the original columns")
   return stats
+
+
+def save_stats(model_dir: str, stats: NormStats) -> str:
+  """Writes `stats` to model_dir/normalization.json atomically (tmp file + os.replace); returns the path."""
+  path = stats_path(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump(stats.to_json(), f, indent=2)
+  os.replace(tmp, path)  # A reader never sees a half-written file.
+  return path

@@ -79,6 +79,18 @@ def test_teacher_forcing_applies_in_training_only():
   np.testing.assert_allclose(last, teacher, rtol=1e-6)
 
 
+@pytest.mark.parametrize("center", [True, False])
+def test_centered_windows_forecast_shape_not_level(center):
+  model = forecasting.Seq2SeqForecaster(H, F, units=UNITS, center_windows=center)
+  context = tf.random.normal([2, C, F])
+  base, _ = model(context, None)
+  shifted, _ = model(context + 7.0, None)
+  if center:  # Adding a constant to the context adds it to the forecast.
+    np.testing.assert_allclose(shifted, base + 7.0, atol=1e-4)
+  else:
+    assert not np.allclose(shifted, base + 7.0, atol=1e-2)
+
+
 def test_model_compiles_with_xla_and_matches_eager():
   model = forecasting.Seq2SeqForecaster(H, F, units=UNITS)
   context = tf.random.normal([2, C, F])
@@ -204,12 +216,16 @@ def test_statistics_come_from_the_training_part_only(tmp_path):
 
 def test_statistics_round_trip_through_model_dir(tmp_path):
   first = make_task(str(tmp_path))
-  with open(tmp_path / series_lib.STATS_FILENAME) as f:
+  assert not os.listdir(tmp_path)  # Nothing is written until training starts.
+  first.write_assets()
+  assert first.asset_paths == [str(tmp_path / series_lib.STATS_FILENAME)]
+  with open(first.asset_paths[0]) as f:
     assert json.load(f)["mean"] == first.stats.mean.tolist()
   # A resumed run on shifted data keeps the saved normalisation (the weights were trained on it).
   resumed = make_task(str(tmp_path), series_fn=small_series(level=50.0))
   np.testing.assert_array_equal(resumed.stats.mean, first.stats.mean)
-  fresh = make_task(series_fn=small_series(level=50.0))
+  np.testing.assert_array_equal(resumed.stats.std, first.stats.std)
+  fresh = make_task(str(tmp_path / "other"), series_fn=small_series(level=50.0))
   assert not np.allclose(fresh.stats.mean, first.stats.mean)
 
 
@@ -276,3 +292,57 @@ def test_forecast_images_are_written_to_the_eval_writer(task, tmp_path):
     assert image.shape == (96, 192, 3)
     colors = {tuple(c) for c in image.reshape(-1, 3)}
     assert {(70, 70, 70), (0, 150, 0), (220, 30, 30)} <= colors
+
+
+# -- training with the Trainer ---------------------------------------------------------------------
+
+
+def _eval_by_hand(task, split):
+  """Eval metrics computed eagerly, batch by batch, without the Trainer."""
+  totals = {}
+  for i in range(task.num_eval_batches(split)):
+    batch = task.eval_batch(split, tf.constant(i), 0, task.eval_batch_size)
+    predictions, _ = task.model(batch["inputs"], task.initial_state(task.eval_batch_size))
+    sums = task.eval_sums(batch, predictions)
+    sums["loss"] = tf.reduce_sum(task.loss(batch, predictions) * batch["weights"])
+    sums["weight"] = tf.reduce_sum(batch["weights"])
+    for key, value in sums.items():
+      totals[key] = totals.get(key, 0.0) + float(value)
+  return task.eval_metrics(totals)
+
+
+def test_trainer_eval_across_two_replicas_matches_eager_metrics(tmp_path):
+  from trainer import Trainer
+
+  strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+  with strategy.scope():
+    task = make_task(str(tmp_path), eval_batch_size=4)
+    trainer = Trainer(task=task, model_dir=str(tmp_path), strategy=strategy, train_steps=1)
+  assert task.num_windows["valid"] % 4 != 0  # The last batch is padded (weight 0) on some replica.
+  got = trainer.evaluate_split("valid")
+  want = _eval_by_hand(task, "valid")
+  assert set(got) == set(want) >= {"loss", "mae", "rmse", "mase", "naive_mae"}
+  for key in want:
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_training_beats_the_seasonal_naive_forecast(tmp_path):
+  from trainer import Trainer
+
+  tf.keras.utils.set_random_seed(0)
+  task = make_task(str(tmp_path), series_fn=small_series(800), batch_size=16, teacher_forcing=0.25)
+  trainer = Trainer(task=task, model_dir=str(tmp_path), strategy=tf.distribute.get_strategy(),
+                    train_steps=300, steps_per_loop=100, eval_interval=None, learning_rate=0.005,
+                    clip_norm=1.0, histogram_interval=None, checkpoint_interval=300)
+  task.write_assets()
+  before = trainer.evaluate_split("valid")
+  result = trainer.train()
+  after = result["valid"]
+  assert result["step"] == 300
+  print(f"valid before: {before}\nvalid after:  {after}")
+  assert after["mae"] < after["naive_mae"], after
+  assert after["mae"] < 0.5 * before["mae"], (before, after)
+  assert after["mase"] < 1.0
+  # A later run on the same model_dir reads the statistics saved before training.
+  assert os.path.exists(os.path.join(tmp_path, series_lib.STATS_FILENAME))
