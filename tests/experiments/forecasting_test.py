@@ -346,3 +346,33 @@ def test_training_beats_the_seasonal_naive_forecast(tmp_path):
   assert after["mase"] < 1.0
   # A later run on the same model_dir reads the statistics saved before training.
   assert os.path.exists(os.path.join(tmp_path, series_lib.STATS_FILENAME))
+
+
+# -- the packaged configs, end to end --------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["forecast.gin", "forecast_csv.gin"])
+def test_config_trains_then_evaluates_its_checkpoint(config, tmp_path):
+  import gin
+
+  from experiments import experiment, gin_files
+
+  model_dir = str(tmp_path / "run")
+  bindings = ["Trainer.train_steps = 20", "Trainer.steps_per_loop = 10", "Trainer.eval_interval = 20",
+              "Seq2SeqForecaster.units = 8"]
+  gin_files.parse([config], bindings)
+  trained = experiment.run_experiment(model_dir, "train")
+  assert trained["step"] == 20
+  assert {"loss", "mae", "rmse", "mase"} <= set(trained["valid"])
+  with open(os.path.join(model_dir, series_lib.STATS_FILENAME)) as f:
+    saved = json.load(f)
+  assert saved["columns"] == (["load"] if config == "forecast_csv.gin" else ["y0"])
+  with open(os.path.join(model_dir, "operative_config.gin")) as f:
+    assert "run_experiment.task_fn = @ForecastTask" in f.read()
+  # A fresh process-like rebuild evaluates the restored checkpoint with the saved statistics.
+  gin.clear_config()
+  gin_files.parse([config], bindings)
+  evaluated = experiment.run_experiment(model_dir, "eval")
+  assert set(evaluated) == {"valid", "test"}
+  np.testing.assert_allclose(evaluated["valid"]["mae"], trained["valid"]["mae"], rtol=1e-5)
