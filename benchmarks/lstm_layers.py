@@ -157,6 +157,7 @@ def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
       f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
       f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)",
       f"- threads: {thread_settings()}",
+      "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
       f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
       + (f", torch {torch.__version__}" if with_torch else ""),
       "",
