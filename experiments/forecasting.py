@@ -1,10 +1,12 @@
-"""Sequence-to-sequence forecasting: an LSTM encoder reads a context window, an LSTM decoder emits the horizon.
+"""Sequence-to-sequence forecasting: an LSTM encoder reads a context window, an LSTM decoder emits
+the horizon.
 
 Every window is an independent sequence, so every batch row has `reset=True`: the trainer zeroes the
 carried state before each chunk and the model's state is just the encoder's (zero) initial state.
 
-Metrics are computed in the original units of the data: MAE, RMSE and MASE, the MAE divided by the MAE of
-the seasonal-naive forecast (repeat the last observed season of the context) on the same windows.
+Metrics are computed in the original units of the data: MAE, RMSE and MASE, the MAE divided by the
+MAE of the seasonal-naive forecast (repeat the last observed season of the context) on the same
+windows.
 """
 
 from typing import Mapping, Sequence
@@ -25,15 +27,16 @@ from trainer.task import Task
 class Seq2SeqForecaster(keras.Model):
   """Encoder-decoder LSTM: `predictions, state = model(inputs, state, training=False)`.
 
-  The encoder `LSTM` reads the context; its final state starts the decoder `LSTMCell`, whose first input
-  is the last context row. Each decoder step emits h(t) -> Dense -> the next value, which is fed back as
-  the next input. In training, where `inputs['teacher_mask']` is True the true previous value is fed
-  instead (teacher forcing); at inference the decoder always runs on its own predictions.
+  The encoder `LSTM` reads the context; its final state starts the decoder `LSTMCell`, whose
+  first input is the last context row. Each decoder step emits h(t) -> Dense -> the next value,
+  which is fed back as the next input. In training, where `inputs['teacher_mask']` is True, the
+  true previous value is fed instead (teacher forcing); at inference the decoder always runs on
+  its own predictions.
 
-  With `center_windows` the model subtracts each window's context mean (per feature) from everything it
-  reads and adds it back to its predictions: the forecast then depends on the shape of the context and
-  not on its level, so a trend that carries valid/test beyond the training range does not push the
-  LSTM into values it never saw.
+  With `center_windows` the model subtracts each window's context mean (per feature) from all it
+  reads and adds it back to its predictions: the forecast then depends on the shape of the
+  context, not on its level, so a trend that carries valid/test beyond the training range does
+  not push the LSTM into values it never saw.
 
   Inputs are a [B, C, F] context tensor, or a dict:
     context:      [B, C, F] observed values (normalised).
@@ -52,7 +55,7 @@ class Seq2SeqForecaster(keras.Model):
                cell_kwargs: Mapping | None = None, center_windows: bool = True,
                name: str = "forecaster", **kwargs):
     super().__init__(name=name, **kwargs)
-    # The state is passed untouched (Keras would cast it to the compute dtype under mixed precision).
+    # The state is passed untouched (Keras would cast it to the compute dtype in mixed precision).
     self._convert_input_args = False
     self._allow_non_tensor_positional_args = True
     if int(horizon) < 1 or int(num_features) < 1 or int(units) < 1:
@@ -106,8 +109,8 @@ class Seq2SeqForecaster(keras.Model):
     Args:
       first_input: [B, F], the last observed row.
       state: Decoder initial LSTMState (the encoder's final state).
-      teacher: None, or (horizon [B, H, F], mask [B, H] bool): where mask[:, t] is True, step t+1 reads
-        horizon[:, t] instead of the prediction.
+      teacher: None, or (horizon [B, H, F], mask [B, H] bool): where mask[:, t] is True, step t+1
+        reads horizon[:, t] instead of the prediction.
       training: Dropout on (one mask per sequence, shared by all decoder steps).
 
     Returns:
@@ -157,16 +160,16 @@ def seasonal_naive(context: tf.Tensor, horizon: int, season_length: int) -> tf.T
 class ForecastTask(Task):
   """Seq2seq forecasting of a (multivariate) series: context C rows in, horizon H rows out.
 
-  Data: `series_fn()` gives the series; it is split by time into train/valid/test, normalised with the
-  training part's statistics (saved to `model_dir/normalization.json` by `write_assets`, and read back
-  from there on resume and eval) and cut
-  into windows. Training step s reads windows `perm_e[(s mod S) * B : ...]` where S = steps per epoch and
-  perm_e is a stateless permutation seeded with (seed, e = s div S): a pure function of the step. Eval
-  reads all windows of a split in order.
+  Data: `series_fn()` gives the series; it is split by time into train/valid/test, normalised with
+  the training part's statistics (saved to `model_dir/normalization.json` by `write_assets`, read
+  back from there on resume and eval) and cut into windows. Training step s reads the windows
+  `perm_e[(s mod S) * B : ...]`, where S = steps per epoch and perm_e is a stateless permutation
+  seeded with (seed, e = s div S): a pure function of the step. Eval reads every window of a
+  split in order.
 
-  Batches: inputs {'context' [b, C, F] (+ 'horizon' [b, H, F], 'teacher_mask' [b, H] when training with
-  teacher forcing)}, targets [b, H, F], weights [b, H] (0 on padding rows of the last eval batch),
-  reset [b] all True.
+  Batches: inputs {'context' [b, C, F] (+ 'horizon' [b, H, F] and 'teacher_mask' [b, H] when
+  training with teacher forcing)}, targets [b, H, F], weights [b, H] (0 on the padding rows of
+  the last eval batch), reset [b] all True.
 
   Args:
     model_dir: Where the normalisation statistics are kept (None: never read or saved).
@@ -176,7 +179,7 @@ class ForecastTask(Task):
     batch_size: Global training batch B.
     eval_batch_size: Global eval batch (default B).
     train_stride: Rows between consecutive training windows.
-    eval_stride: Rows between consecutive valid/test windows (default H: the horizons tile the split).
+    eval_stride: Rows between consecutive valid/test windows (default H: horizons tile the split).
     split_fractions: (train, valid, test) fractions of the rows, in time order.
     season_length: m of the seasonal-naive baseline (steps), at most C.
     teacher_forcing: Probability that a decoder step reads the true previous value in training.
@@ -196,9 +199,9 @@ class ForecastTask(Task):
       if int(value) < 1:
         raise ConfigError(f"ForecastTask.{name} must be a positive integer, got {value}")
     if season_length > context_length:
-      raise ConfigError(f"ForecastTask.season_length ({season_length}) must be at most context_length "
-                        f"({context_length}): the seasonal-naive forecast repeats the context's last "
-                        f"season")
+      raise ConfigError(f"ForecastTask.season_length ({season_length}) must be at most "
+                        f"context_length ({context_length}): the seasonal-naive forecast repeats "
+                        f"the context's last season")
     if not 0.0 <= teacher_forcing <= 1.0:
       raise ConfigError(f"ForecastTask.teacher_forcing must be a probability in [0, 1], got "
                         f"{teacher_forcing}")
@@ -220,9 +223,10 @@ class ForecastTask(Task):
       needed = window if name == "train" else self.horizon
       if (name == "train" or rows > 0) and rows < needed:
         raise ConfigError(
-            f"{data.source}: the {name} part has {rows} of {len(data.values)} rows, too few for one "
-            f"window (needs {needed}: context_length={self.context_length}, horizon={self.horizon}); "
-            f"use more data or change ForecastTask.context_length/horizon/split_fractions")
+            f"{data.source}: the {name} part has {rows} of {len(data.values)} rows, too few for "
+            f"one window (needs {needed}: context_length={self.context_length}, "
+            f"horizon={self.horizon}); use more data or change "
+            f"ForecastTask.context_length/horizon/split_fractions")
     self.model_dir = model_dir
     self.stats = series_lib.load_or_compute_stats(model_dir, data.values[slice(*bounds["train"])],
                                                   data.columns)
@@ -272,7 +276,8 @@ class ForecastTask(Task):
     return [series_lib.stats_path(self.model_dir)] if self.model_dir else []
 
   def write_assets(self) -> None:
-    """Saves the normalisation statistics to model_dir (before training, so resume and eval reuse them)."""
+    """Saves the normalisation statistics to model_dir, before training (resume and eval read
+    them back)."""
     if self.model_dir:
       series_lib.save_stats(self.model_dir, self.stats)
 
@@ -285,16 +290,15 @@ class ForecastTask(Task):
     epoch, position = step // self._steps_per_epoch, step % self._steps_per_epoch
     n = self.num_windows["train"]
     seed = tf.stack([tf.constant(self.seed, tf.int64), epoch])
-    order = tf.argsort(tf.random.stateless_uniform([n], seed=seed))  # argsort: XLA-friendly shuffle.
+    order = tf.argsort(tf.random.stateless_uniform([n], seed=seed))  # An XLA-friendly shuffle.
     rows = tf.cast(row_start, tf.int32) + tf.range(num_rows, dtype=tf.int32)
     picks = (tf.cast(position, tf.int32) * self._batch_size + rows) % n
-    context, horizon = self._windows(tf.gather(self._starts["train"],
-                                                        tf.gather(order, picks)))
+    context, horizon = self._windows(tf.gather(self._starts["train"], tf.gather(order, picks)))
     inputs = {"context": context}
     if self.teacher_forcing > 0:
-      # Drawn for the whole global batch and sliced, so a row's draws do not depend on the replica count.
-      draws = tf.random.stateless_uniform([self._batch_size, self.horizon],
-                                          seed=tf.stack([tf.constant(self.seed + 1, tf.int64), step]))
+      # Drawn for the whole global batch, then sliced: a row's draws do not depend on the replicas.
+      seed = tf.stack([tf.constant(self.seed + 1, tf.int64), step])
+      draws = tf.random.stateless_uniform([self._batch_size, self.horizon], seed=seed)
       inputs["horizon"] = horizon
       inputs["teacher_mask"] = tf.gather(draws, rows) < self.teacher_forcing
     return {"inputs": inputs, "targets": horizon, "weights": tf.ones([num_rows, self.horizon]),
@@ -320,9 +324,9 @@ class ForecastTask(Task):
             "reset": tf.ones([num_rows], tf.bool)}
 
   def eval_sums(self, batch, predictions):
-    """Weighted sums in original units: |err|, err^2, seasonal-naive |err| and the count of values."""
-    return forecast_sums(batch["inputs"]["context"], batch["targets"], predictions, batch["weights"],
-                         self._std, self.season_length)
+    """Weighted sums in original units: |err|, err^2, seasonal-naive |err|, count of values."""
+    return forecast_sums(batch["inputs"]["context"], batch["targets"], predictions,
+                         batch["weights"], self._std, self.season_length)
 
   def eval_metrics(self, sums):
     """loss (normalised MSE), mae, rmse, naive_mae and mase (left out when the naive MAE is 0)."""
@@ -331,19 +335,20 @@ class ForecastTask(Task):
     return metrics | forecast_metrics(sums, tolerance=1e-6 * float(np.mean(self.stats.std)))
 
   def write_eval_summaries(self, step: int) -> None:
-    """Writes `forecast` images: context, truth and forecast (first feature) of `num_plots` valid windows."""
+    """Writes `forecast` images: context, truth and forecast (first feature) of `num_plots`
+    validation windows (test windows if there is no valid split)."""
     split = "valid" if self.num_windows["valid"] else "test"
     n = self.num_windows[split]
     if not n or self.num_plots < 1:
       return
     picks = np.unique(np.linspace(0, n - 1, min(self.num_plots, n)).round().astype(np.int32))
     context, truth, forecast = (a.numpy() for a in self._forecast(split, tf.constant(picks)))
-    images = [plot.forecast_image(c[:, 0], t[:, 0], f[:, 0]) for c, t, f in zip(context, truth,
-                                                                              forecast)]
+    images = [plot.forecast_image(c[:, 0], t[:, 0], f[:, 0])
+              for c, t, f in zip(context, truth, forecast)]
     tf.summary.image("forecast", np.stack(images), step=step, max_outputs=len(images))
 
   def _forecast(self, split: str, picks: tf.Tensor):
-    """(context, truth, forecast) of windows `picks` of `split` in original units, [k, C|H, F] each."""
+    """(context, truth, forecast) of windows `picks` of `split`, in original units: [k, C|H, F]."""
     if self._predict is None:
       def predict(split_starts, picks):
         starts = tf.gather(split_starts, picks)
@@ -367,8 +372,8 @@ def forecast_sums(context, targets, predictions, weights, std, season_length: in
     season_length: m.
 
   Returns:
-    Scalars: abs_error, squared_error, naive_abs_error (sums over weighted values) and count (weighted
-    number of values, i.e. sum(weights) * F).
+    Scalars: abs_error, squared_error, naive_abs_error (sums over weighted values) and count
+    (weighted number of values, i.e. sum(weights) * F).
   """
   weights = tf.cast(weights, tf.float32)[:, :, None]
   targets = tf.cast(targets, tf.float32)
@@ -386,8 +391,8 @@ def forecast_sums(context, targets, predictions, weights, std, season_length: in
 def forecast_metrics(sums: Mapping[str, float], tolerance: float = 0.0) -> dict[str, float]:
   """mae, rmse, naive_mae and mase from the sums of `ForecastTask.eval_sums`.
 
-  MASE is undefined when the seasonal-naive forecast is perfect (naive MAE <= tolerance); it is then left
-  out rather than reported as infinite.
+  MASE is undefined when the seasonal-naive forecast is perfect (naive MAE <= tolerance); it is then
+  left out rather than reported as infinite.
   """
   count = max(float(sums["count"]), 1e-12)
   mae = float(sums["abs_error"]) / count

@@ -1,4 +1,4 @@
-"""Line plots drawn with NumPy into RGB arrays, for TensorBoard images (no plotting library needed)."""
+"""Line plots drawn with NumPy into RGB arrays, for TensorBoard images (no plotting library)."""
 
 import numpy as np
 
@@ -10,10 +10,10 @@ DIVIDER_COLOR = (190, 190, 190)
 
 
 def draw_polyline(image: np.ndarray, xs: np.ndarray, ys: np.ndarray, color) -> None:
-  """Draws straight segments through the pixel points (xs[i], ys[i]) into `image` [H, W, 3] in place.
+  """Draws straight segments through the points (xs[i], ys[i]) into `image` [H, W, 3], in place.
 
-  Points may be fractional; each segment is sampled at least once per pixel it spans, so the line has no
-  gaps. Pixels outside the image are skipped.
+  Points may be fractional; each segment is sampled at least once per pixel it spans, so the line
+  has no gaps. Pixels outside the image are skipped.
   """
   height, width = image.shape[:2]
   for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
@@ -34,8 +34,8 @@ def forecast_image(context: np.ndarray, truth: np.ndarray, forecast: np.ndarray,
                    height: int = 96, width: int = 192, margin: int = 4) -> np.ndarray:
   """Context (grey), true horizon (green) and forecast (red) of one series, side by side in time.
 
-  A vertical grey line marks where the forecast starts; truth and forecast are joined to the last context
-  point so the curves read as one series.
+  A vertical grey line marks where the forecast starts; truth and forecast are joined to the last
+  context point, so the curves read as one series.
 
   Args:
     context: [C] observed values.
@@ -47,7 +47,8 @@ def forecast_image(context: np.ndarray, truth: np.ndarray, forecast: np.ndarray,
   Returns:
     uint8 [height, width, 3].
   """
-  context, truth, forecast = (np.asarray(a, np.float64).reshape(-1) for a in (context, truth, forecast))
+  context, truth, forecast = (np.asarray(a, np.float64).reshape(-1)
+                              for a in (context, truth, forecast))
   c, h = len(context), len(truth)
   image = np.empty((height, width, 3), np.uint8)
   image[:] = BACKGROUND
@@ -70,5 +71,6 @@ def forecast_image(context: np.ndarray, truth: np.ndarray, forecast: np.ndarray,
   t_future = np.arange(c - 1, c + h)  # Starts at the last context point.
   draw_polyline(image, to_x(t_context), to_y(context), CONTEXT_COLOR)
   draw_polyline(image, to_x(t_future), to_y(np.concatenate([context[-1:], truth])), TRUTH_COLOR)
-  draw_polyline(image, to_x(t_future), to_y(np.concatenate([context[-1:], forecast])), FORECAST_COLOR)
+  draw_polyline(image, to_x(t_future), to_y(np.concatenate([context[-1:], forecast])),
+                FORECAST_COLOR)
   return image

@@ -1,10 +1,11 @@
 """Time series for forecasting: synthetic or CSV sources, splits by time, normalisation, windows.
 
-A source returns a `Series` (values [N, F] in time order). The forecasting task splits it by time into
-train / valid / test, normalises with the mean and std of the training part only (saved in model_dir so
-a resumed run or a later eval reuses exactly the same statistics) and cuts each part into windows of
-`context + horizon` rows. The windows of a later part may start in the part before it (their context is
-history that was already observed), but their horizon lies entirely in their own part.
+A source returns a `Series` (values [N, F] in time order). The forecasting task splits it by time
+into train / valid / test, normalises with the mean and std of the training part only (saved in
+model_dir, so a resumed run or a later eval reuses exactly the same statistics) and cuts each part
+into windows of `context + horizon` rows. The windows of a later part may start in the part before
+it (their context is history that was already observed), but their horizon lies entirely in their
+own part.
 
 CSV paths may name a file shipped with the package: `package://<package>/<path inside it>`, e.g.
 `package://experiments/data/example_series.csv` (or just `example`). That file holds 480 hourly rows
@@ -44,7 +45,7 @@ class Series:
   source: str
 
 
-# -- sources ----------------------------------------------------------------------------------------
+# -- sources ---------------------------------------------------------------------------------------
 
 
 @gin.configurable
@@ -107,8 +108,8 @@ def csv_series(path: str = gin.REQUIRED, value_columns: Sequence[str] = gin.REQU
   Args:
     path: The file (see `resolve_path` for `example` and `package://`).
     value_columns: Columns to forecast, in this order.
-    time_column: Optional column the rows are sorted on (numbers, or strings that sort in time order such
-      as ISO 8601 timestamps); without it the file order is the time order.
+    time_column: Optional column the rows are sorted on (numbers, or strings that sort in time
+      order such as ISO 8601 timestamps); without it the file order is the time order.
 
   Returns:
     A `Series` [rows, len(value_columns)].
@@ -131,8 +132,9 @@ def csv_series(path: str = gin.REQUIRED, value_columns: Sequence[str] = gin.REQU
     wanted = value_columns + ((time_column,) if time_column else ())
     for name in wanted:
       if name not in header:
-        raise ConfigError(f"{resolved}: no column {name!r} (columns: {', '.join(header) or 'none'}); "
-                          f"fix csv_series.value_columns / csv_series.time_column")
+        raise ConfigError(f"{resolved}: no column {name!r} (columns: "
+                          f"{', '.join(header) or 'none'}); fix csv_series.value_columns / "
+                          f"csv_series.time_column")
     rows = list(reader)
   values = np.empty((len(rows), len(value_columns)), np.float64)
   for i, row in enumerate(rows):
@@ -157,7 +159,7 @@ def csv_series(path: str = gin.REQUIRED, value_columns: Sequence[str] = gin.REQU
   return Series(values, value_columns, resolved)
 
 
-# -- splits and windows ------------------------------------------------------------------------------
+# -- splits and windows ----------------------------------------------------------------------------
 
 
 def split_bounds(num_rows: int, fractions: Sequence[float]) -> dict[str, tuple[int, int]]:
@@ -165,16 +167,16 @@ def split_bounds(num_rows: int, fractions: Sequence[float]) -> dict[str, tuple[i
 
   Args:
     num_rows: Rows N of the series.
-    fractions: (train, valid, test) fractions, non-negative, summing to at most 1 (a remainder is unused
-      at the end). A zero fraction means the split does not exist.
+    fractions: (train, valid, test) fractions, non-negative, summing to at most 1 (a remainder is
+      unused, at the end). A zero fraction means the split does not exist.
 
   Returns:
     {'train': (0, a), 'valid': (a, b), 'test': (b, c)} with c <= num_rows.
   """
   fractions = tuple(float(f) for f in fractions)
   if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) > 1 + 1e-9 or fractions[0] <= 0:
-    raise ConfigError(f"ForecastTask.split_fractions must be (train > 0, valid >= 0, test >= 0) summing "
-                      f"to at most 1, got {fractions}")
+    raise ConfigError(f"ForecastTask.split_fractions must be (train > 0, valid >= 0, test >= 0) "
+                      f"summing to at most 1, got {fractions}")
   edges = np.round(np.cumsum((0.0,) + fractions) * num_rows).astype(int)
   return {name: (int(edges[i]), int(edges[i + 1])) for i, name in enumerate(SPLITS)}
 
@@ -226,7 +228,7 @@ def gather_windows(values: tf.Tensor, starts: tf.Tensor, length: int) -> tf.Tens
   return tf.gather(values, positions)
 
 
-# -- normalisation -----------------------------------------------------------------------------------
+# -- normalisation ---------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,7 +272,7 @@ def stats_path(model_dir: str) -> str:
 
 def load_or_compute_stats(model_dir: str | None, train_values: np.ndarray,
                           columns: Sequence[str]) -> NormStats:
-  """Statistics saved in `model_dir` if there are any, else computed from `train_values` (not saved).
+  """Statistics saved in `model_dir` if any, else computed from `train_values` (and not saved).
 
   Reusing saved statistics keeps a resumed run (or an eval of a finished one) on exactly the
   normalisation the weights were trained with, even if the data file changed since.
@@ -299,7 +301,11 @@ def load_or_compute_stats(model_dir: str | None, train_values: np.ndarray,
 
 
 def save_stats(model_dir: str, stats: NormStats) -> str:
-  """Writes `stats` to model_dir/normalization.json atomically (tmp file + os.replace); returns the path."""
+  """Writes `stats` to model_dir/normalization.json atomically (tmp file + os.replace).
+
+  Returns:
+    The path written.
+  """
   path = stats_path(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}"

@@ -34,7 +34,7 @@ def task():
   return make_task(teacher_forcing=0.5)
 
 
-# -- model ------------------------------------------------------------------------------------------
+# -- model -----------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("features", [1, 3])
@@ -70,12 +70,16 @@ def test_teacher_forcing_applies_in_training_only():
   teacher, _ = model(forced, None, training=True)
   np.testing.assert_allclose(teacher[:, 0], inference[:, 0], rtol=1e-6)  # Step 0 reads the context.
   assert not np.allclose(teacher[:, 1:], inference[:, 1:], atol=1e-4)
+
+  def with_truth(horizon):
+    return model(dict(forced, horizon=horizon), None, training=True)[0]
+
   # Step t + 1 reads truth[:, t]: changing truth's first step changes steps 1.., never step 0; the
   # last true step is never read.
-  bumped = model(dict(forced, horizon=truth + tf.one_hot(0, H)[None, :, None]), None, training=True)[0]
+  bumped = with_truth(truth + tf.one_hot(0, H)[None, :, None])
   np.testing.assert_allclose(bumped[:, 0], teacher[:, 0], rtol=1e-6)
   assert not np.allclose(bumped[:, 1], teacher[:, 1], atol=1e-5)
-  last = model(dict(forced, horizon=truth + tf.one_hot(H - 1, H)[None, :, None]), None, training=True)[0]
+  last = with_truth(truth + tf.one_hot(H - 1, H)[None, :, None])
   np.testing.assert_allclose(last, teacher, rtol=1e-6)
 
 
@@ -122,7 +126,8 @@ def test_train_batch_is_a_pure_function_of_the_step(task):
   assert not np.array_equal(a["targets"], c["targets"])
   assert a["inputs"]["context"].shape == (4, C, F) and a["targets"].shape == (4, H, F)
   np.testing.assert_array_equal(a["inputs"]["horizon"], a["targets"])
-  assert a["inputs"]["teacher_mask"].dtype == tf.bool and a["inputs"]["teacher_mask"].shape == (4, H)
+  teacher_mask = a["inputs"]["teacher_mask"]
+  assert teacher_mask.dtype == tf.bool and teacher_mask.shape == (4, H)
   np.testing.assert_array_equal(a["weights"], np.ones([4, H]))
   np.testing.assert_array_equal(a["reset"], [True] * 4)
 
@@ -140,8 +145,9 @@ def test_an_epoch_reads_distinct_windows_and_epochs_reshuffle(task):
   assert steps == task.num_windows["train"] // 4
 
   def epoch_starts(epoch):
-    contexts = [task.train_batch(tf.constant(epoch * steps + s, tf.int64), 0, 4)["inputs"]["context"]
-                for s in range(steps)]
+    steps_of_epoch = range(epoch * steps, (epoch + 1) * steps)
+    contexts = [task.train_batch(tf.constant(s, tf.int64), 0, 4)["inputs"]["context"]
+                for s in steps_of_epoch]
     return np.concatenate(contexts)[:, :, 0]
 
   first, second = epoch_starts(0), epoch_starts(1)
@@ -167,7 +173,8 @@ def test_eval_reads_every_window_in_order_with_padding_weighted_zero(task):
   np.testing.assert_array_equal(weights[n:], 0.0)
   targets = np.concatenate([b["targets"] for b in got])[:n, :, 0]
   starts = task._starts["valid"].numpy()
-  np.testing.assert_array_equal(targets, np.asarray(task._values)[starts[:, None] + C + np.arange(H), 0])
+  rows = starts[:, None] + C + np.arange(H)
+  np.testing.assert_array_equal(targets, np.asarray(task._values)[rows, 0])
   # eval_stride defaults to H: consecutive horizons tile the valid part.
   assert np.all(np.diff(starts)[:-1] == H)
   assert all(set(b["inputs"]) == {"context"} for b in got)
@@ -254,7 +261,8 @@ def test_metrics_by_hand():
 
 def test_mase_is_left_out_when_the_naive_forecast_is_perfect():
   # A noiseless series whose only season is m: the seasonal-naive forecast is exact.
-  perfect = make_task(series_fn=small_series(periods=(8.0,), amplitudes=(1.0,), noise=0.0, trend=0.0))
+  perfect = make_task(
+      series_fn=small_series(periods=(8.0,), amplitudes=(1.0,), noise=0.0, trend=0.0))
   totals = {}
   for i in range(perfect.num_eval_batches("valid")):
     batch = perfect.eval_batch("valid", tf.constant(i), 0, 4)
@@ -359,8 +367,8 @@ def test_config_trains_then_evaluates_its_checkpoint(config, tmp_path):
   from experiments import experiment, gin_files
 
   model_dir = str(tmp_path / "run")
-  bindings = ["Trainer.train_steps = 20", "Trainer.steps_per_loop = 10", "Trainer.eval_interval = 20",
-              "Seq2SeqForecaster.units = 8"]
+  bindings = ["Trainer.train_steps = 20", "Trainer.steps_per_loop = 10",
+              "Trainer.eval_interval = 20", "Seq2SeqForecaster.units = 8"]
   gin_files.parse([config], bindings)
   trained = experiment.run_experiment(model_dir, "train")
   assert trained["step"] == 20

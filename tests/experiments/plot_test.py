@@ -33,8 +33,13 @@ def test_forecast_image_layout():
   forecast = -np.ones(10)
   image = plot.forecast_image(context, truth, forecast, height=60, width=120, margin=4)
   assert image.shape == (60, 120, 3) and image.dtype == np.uint8
-  rows = lambda color: np.nonzero(colored(image, color).any(axis=1))[0]
-  cols = lambda color: np.nonzero(colored(image, color).any(axis=0))[0]
+
+  def rows(color):
+    return np.nonzero(colored(image, color).any(axis=1))[0]
+
+  def cols(color):
+    return np.nonzero(colored(image, color).any(axis=0))[0]
+
   # Larger values are drawn higher: truth (1) on top, forecast (-1) at the bottom, context between.
   assert rows(plot.TRUTH_COLOR).min() == 4 and rows(plot.FORECAST_COLOR).max() == 55
   assert rows(plot.CONTEXT_COLOR).min() > 4 and rows(plot.CONTEXT_COLOR).max() < 55

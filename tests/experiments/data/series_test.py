@@ -1,4 +1,4 @@
-"""Tests for experiments/data/series.py: sources, CSV errors, splits, windows, normalisation statistics."""
+"""Tests for experiments/data/series.py: sources, CSV errors, splits, windows, normalisation."""
 
 import json
 import os
@@ -22,7 +22,7 @@ def write_csv(path, header, rows):
   return str(path)
 
 
-# -- synthetic source --------------------------------------------------------------------------------
+# -- synthetic source ------------------------------------------------------------------------------
 
 
 def test_synthetic_series_is_seeded_and_shaped():
@@ -40,7 +40,8 @@ def test_synthetic_series_components():
   s = series_lib.synthetic_series(200, periods=(24, 8), amplitudes=(1.0, 0.3), trend=0.0, noise=0.0)
   np.testing.assert_allclose(s.values[24:], s.values[:-24], atol=1e-9)
   assert not np.allclose(s.values[12:], s.values[:-12])
-  trend = series_lib.synthetic_series(100, periods=(), amplitudes=(), level=2.0, trend=0.5, noise=0.0)
+  trend = series_lib.synthetic_series(100, periods=(), amplitudes=(), level=2.0, trend=0.5,
+                                      noise=0.0)
   np.testing.assert_allclose(trend.values[:, 0], 2.0 + 0.5 * np.arange(100))
 
 
@@ -49,7 +50,7 @@ def test_synthetic_series_rejects_mismatched_components():
     series_lib.synthetic_series(100, periods=(24, 12), amplitudes=(1.0,))
 
 
-# -- CSV source ----------------------------------------------------------------------------------------
+# -- CSV source ------------------------------------------------------------------------------------
 
 
 def test_csv_series_reads_columns_and_sorts_on_time(tmp_path):
@@ -65,7 +66,8 @@ def test_csv_series_reads_columns_and_sorts_on_time(tmp_path):
 
 def test_csv_series_sorts_numeric_time_as_numbers(tmp_path):
   path = write_csv(tmp_path / "s.csv", ["t", "v"], [(10, 1.5), (9, 0.5), (100, 2.5)])
-  np.testing.assert_array_equal(series_lib.csv_series(path, ["v"], "t").values[:, 0], [0.5, 1.5, 2.5])
+  values = series_lib.csv_series(path, ["v"], "t").values[:, 0]
+  np.testing.assert_array_equal(values, [0.5, 1.5, 2.5])
 
 
 def test_csv_series_missing_file(tmp_path):
@@ -92,10 +94,11 @@ def test_csv_series_non_numeric_value_names_the_line(tmp_path):
 
 
 def test_error_messages_are_complete_on_their_first_line(tmp_path):
-  # gin appends "In call to configurable ..." on later lines; the launcher prints the first line only.
+  # gin appends "In call to configurable ..." on later lines; the launcher prints the first line.
   path = write_csv(tmp_path / "s.csv", ["t", "v"], [(0, "x")])
   for call, expected in [
-      (lambda: series_lib.csv_series(str(tmp_path / "none.csv"), ["v"]), "none.csv; set csv_series.path"),
+      (lambda: series_lib.csv_series(str(tmp_path / "none.csv"), ["v"]),
+       "none.csv; set csv_series.path"),
       (lambda: series_lib.csv_series(path, ["zz"]), "s.csv: no column 'zz' .* fix csv_series"),
       (lambda: series_lib.csv_series(path, ["v"]), "s.csv: line 2, .* clean the file")]:
     with pytest.raises(ConfigError) as info:
@@ -118,7 +121,7 @@ def test_unknown_package_path():
     series_lib.resolve_path("package://no_such_pkg/x.csv")
 
 
-# -- splits and windows ------------------------------------------------------------------------------
+# -- splits and windows ----------------------------------------------------------------------------
 
 
 def test_split_bounds():
@@ -180,7 +183,7 @@ def test_gather_windows_matches_slicing():
   np.testing.assert_array_equal(out, np.stack([values[0:5], values[7:12], values[15:20]]))
 
 
-# -- normalisation statistics ------------------------------------------------------------------------
+# -- normalisation statistics ----------------------------------------------------------------------
 
 
 def test_stats_are_saved_and_reused(tmp_path):
@@ -193,7 +196,7 @@ def test_stats_are_saved_and_reused(tmp_path):
   with open(path) as f:
     saved = json.load(f)
   assert saved["columns"] == ["a", "b"] and saved["mean"] == [3.0, 10.0]
-  assert os.listdir(tmp_path / "run") == [series_lib.STATS_FILENAME]  # No temporary file left behind.
+  assert os.listdir(tmp_path / "run") == [series_lib.STATS_FILENAME]  # No temporary file left.
   # A resumed run with different data still normalises with the saved statistics, bit for bit.
   again = series_lib.load_or_compute_stats(str(tmp_path / "run"), train * 100, ["a", "b"])
   np.testing.assert_array_equal(again.mean, stats.mean)
