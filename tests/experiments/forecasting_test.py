@@ -356,6 +356,26 @@ def test_training_beats_the_seasonal_naive_forecast(tmp_path):
   assert os.path.exists(os.path.join(tmp_path, series_lib.STATS_FILENAME))
 
 
+@pytest.mark.slow
+def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
+  from trainer import Trainer
+
+  def run(model_dir, steps):
+    tf.keras.utils.set_random_seed(3)
+    task = make_task(model_dir, teacher_forcing=0.5)  # Teacher-forcing draws depend on the step.
+    trainer = Trainer(task=task, model_dir=model_dir, strategy=tf.distribute.get_strategy(),
+                      train_steps=steps, steps_per_loop=10, eval_interval=None, seed=3,
+                      histogram_interval=None, checkpoint_interval=10)
+    trainer.train()
+    return [v.numpy() for v in task.model.weights]
+
+  straight = run(str(tmp_path / "straight"), 40)
+  run(str(tmp_path / "resumed"), 20)
+  resumed = run(str(tmp_path / "resumed"), 40)  # Restores step 20, trains 20 more.
+  for a, b in zip(straight, resumed):
+    np.testing.assert_array_equal(a, b)
+
+
 # -- the packaged configs, end to end --------------------------------------------------------------
 
 
