@@ -1,0 +1,118 @@
+"""The gin root: builds a task and a Trainer inside the strategy scope and runs one mode.
+
+    run_experiment.task_fn = @LanguageModelTask      # or @ForecastTask, any trainer.task.Task
+
+Modes:
+  train            train to Trainer.train_steps (resuming from model_dir), evaluating on its interval.
+  eval             evaluate the latest checkpoint on valid and test.
+  train_and_eval   train, then evaluate the final model on valid and test.
+  sample           print text sampled from the latest checkpoint (language models; see `sample_text`).
+  export           write a streaming SavedModel of the latest checkpoint to model_dir/export.
+"""
+
+import contextlib
+import re
+
+import gin
+
+# Imported for their gin registrations: every configurable a .gin file may name.
+from experiments import forecasting  # noqa: F401
+from experiments import language_model  # noqa: F401
+from experiments import export as export_lib
+from experiments import sampling
+from trainer import Trainer
+from trainer import optimizers  # noqa: F401
+from trainer.distribute import make_strategy
+from trainer.errors import ConfigError
+
+MODES = ("train", "eval", "train_and_eval", "sample", "export")
+EVAL_SPLITS = ("valid", "test")
+_CONFIGURABLE = re.compile(r"In call to configurable '([^']+)'")
+
+
+def build(model_dir: str, task_fn):
+  """Builds (strategy, task, trainer); every variable is created inside the strategy's scope.
+
+  Raises:
+    ConfigError: the task or Trainer rejects its configuration.
+  """
+  if task_fn is None:
+    raise ConfigError("run_experiment.task_fn is not set; add --gin_file=charlm.gin (or another config) "
+                      "or --gin_bindings='run_experiment.task_fn=@LanguageModelTask'")
+  strategy = make_strategy()
+  with strategy.scope(), _as_config_errors():
+    task = task_fn(model_dir=model_dir)
+    trainer = Trainer(task=task, model_dir=model_dir, strategy=strategy)
+  return strategy, task, trainer
+
+
+@contextlib.contextmanager
+def _as_config_errors():
+  """Constructor arguments rejected with ValueError (e.g. a layer's `units=0`) are configuration errors."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except ValueError as e:
+    lines = str(e).splitlines()
+    # gin appends "In call to configurable 'X'" lines, innermost first: name the configurable.
+    where = next((m[1] for m in map(_CONFIGURABLE.search, lines[1:]) if m), None)
+    prefix = f"{where}: " if where else ""
+    raise ConfigError(f"{prefix}{lines[0] if lines else type(e).__name__}; fix the gin binding") from None
+
+
+def _restore(trainer, model_dir: str, mode: str) -> int:
+  step = trainer.restore()
+  if step is None:
+    raise ConfigError(f"--mode={mode} needs a trained model, but {model_dir}/checkpoints has no "
+                      "checkpoint; train first with --mode=train and the same --model_dir")
+  return step
+
+
+def _format(metrics: dict) -> str:
+  return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+@gin.configurable
+def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict:
+  """Runs one mode of an experiment in `model_dir`.
+
+  Args:
+    model_dir: Checkpoints, summaries, the operative config and the task's assets go here.
+    mode: One of MODES (see the module docstring).
+    task_fn: Builds the task: `task_fn(model_dir=...)` -> `trainer.task.Task` (gin: `@LanguageModelTask`).
+
+  Returns:
+    What the mode produced: train/eval metrics, {"sample": text} or {"export": path}.
+
+  Raises:
+    ConfigError: a usage or configuration problem (the launcher exits 2).
+    TrainingError: training failed (the launcher exits 1).
+  """
+  if mode not in MODES:
+    raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+  _, task, trainer = build(model_dir, task_fn)
+  if mode in ("train", "train_and_eval"):
+    trainer.restore()  # Fails on a checkpoint that does not fit before anything is written.
+    write_assets = getattr(task, "write_assets", None)
+    if write_assets is not None:
+      write_assets()
+    result = trainer.train()
+    if mode == "train_and_eval":
+      result["eval"] = trainer.evaluate(splits=EVAL_SPLITS)
+      for split, metrics in result["eval"].items():
+        print(f"{split}: {_format(metrics)}", flush=True)
+    return result
+  step = _restore(trainer, model_dir, mode)
+  if mode == "eval":
+    result = trainer.evaluate(splits=EVAL_SPLITS)
+    for split, metrics in result.items():
+      print(f"step {step} {split}: {_format(metrics)}", flush=True)
+    return result
+  if mode == "sample":
+    text = sampling.sample_text(task)
+    print(text, flush=True)
+    return {"step": step, "sample": text}
+  path = export_lib.export(task, model_dir)
+  print(f"Exported step {step} to {path}", flush=True)
+  return {"step": step, "export": path}
