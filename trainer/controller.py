@@ -218,6 +218,10 @@ class Controller:
     if metrics is None:
       return None
     self._summaries.scalars(eval_writer_name(split), step, metrics)
+    write_extra = getattr(self._runner, "write_eval_summaries", None)
+    if write_extra is not None:  # The task's images/text, next to the split's scalars.
+      with self._summaries.writer(eval_writer_name(split)).as_default(step=step):
+        write_extra(split, step)
     self._end_progress_bar()
     logging.info("eval %s at step %d: %s (%.1fs)", split, step,
                  " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), time.perf_counter() - begin)

@@ -275,6 +275,11 @@ class Trainer:
       return None
     return {k: float(v) for k, v in self.task.eval_metrics(sums).items()}
 
+  def write_eval_summaries(self, split: str, step: int) -> None:
+    """The task's extra eval summaries (e.g. forecast images), after the 'valid' eval only."""
+    if split == "valid":
+      self.task.write_eval_summaries(step)
+
   def save_checkpoint(self, step: int) -> None:
     self._state_to_variables()
     path = self.checkpointer.save(step)

@@ -13,6 +13,7 @@ from experiments import forecasting
 from experiments.data import series as series_lib
 from layers import LSTMState
 from trainer.errors import ConfigError
+from trainer.summaries import read_tags
 
 C, H, F, UNITS = 16, 8, 1, 8
 
@@ -352,6 +353,8 @@ def test_training_beats_the_seasonal_naive_forecast(tmp_path):
   assert after["mae"] < after["naive_mae"], after
   assert after["mae"] < 0.5 * before["mae"], (before, after)
   assert after["mase"] < 1.0
+  # The eval at the end drew forecast images next to the eval scalars.
+  assert {"forecast", "mae", "mase"} <= read_tags(os.path.join(tmp_path, "eval"))
   # A later run on the same model_dir reads the statistics saved before training.
   assert os.path.exists(os.path.join(tmp_path, series_lib.STATS_FILENAME))
 
