@@ -103,12 +103,11 @@ class LSTM(StatefulCallLayer):
       if batch_size is None:
         raise ValueError(f"{self.name}: stateful=True needs a known batch size at the first call, got "
                          f"input shape {tuple(input_shape)}; call it once eagerly or use a fixed-size Input")
-      dtype = self.cell.state_dtype
-      self.kept_state = LSTMState(
-          h=self.add_weight(name="kept_h", shape=(batch_size, self.output_size),
-                            initializer="zeros", trainable=False, dtype=dtype),
-          c=self.add_weight(name="kept_c", shape=(batch_size, self.units), initializer="zeros",
-                            trainable=False, dtype=dtype))
+      # autocast=False: the kept state is read in its own dtype (float32) under mixed precision.
+      self.kept_state = LSTMState(*(
+          self.add_weight(name=f"kept_{name}", shape=(batch_size, size), initializer="zeros",
+                          trainable=False, dtype=self.cell.state_dtype, autocast=False)
+          for name, size in (("h", self.output_size), ("c", self.units))))
 
   def _layout(self):
     return "[time, batch, features]" if self.time_major else "[batch, time, features]"
@@ -153,7 +152,7 @@ class LSTM(StatefulCallLayer):
     cell = self.cell
     if initial_state is not None:
       state = validation.check_state(self.name, initial_state, self.units, self.output_size,
-                                     cell.state_dtype)
+                                     cell.state_dtype, batch_size=x.shape[1])
     elif self.stateful:
       state = LSTMState(*(tf.convert_to_tensor(v.value) for v in self.kept_state))
     else:

@@ -334,7 +334,8 @@ class LSTMCell(StatefulCallLayer):
     """
     inputs = tf.convert_to_tensor(inputs)
     validation.check_rank(self.name, "inputs", inputs, 2, "[batch, features]")
-    state = validation.check_state(self.name, state, self.units, self.output_size, self.state_dtype)
+    state = validation.check_state(self.name, state, self.units, self.output_size, self.state_dtype,
+                                   batch_size=inputs.shape[0])
     batch_size = tf.shape(inputs)[0]
     if dropout_masks is None:
       dropout_masks = self.get_dropout_masks(batch_size, training)

@@ -45,7 +45,8 @@ def check_features(layer: str, x, expected: int) -> None:
                      f"for), got {actual} (input shape {tuple(x.shape)})")
 
 
-def check_state(layer: str, state, units: int, output_size: int, dtype) -> LSTMState:
+def check_state(layer: str, state, units: int, output_size: int, dtype,
+                batch_size: int | None = None) -> LSTMState:
   """Checks an (h, c) state's structure and sizes and returns it as an LSTMState in `dtype`.
 
   Args:
@@ -54,6 +55,7 @@ def check_state(layer: str, state, units: int, output_size: int, dtype) -> LSTMS
     units: Expected size of c.
     output_size: Expected size of h.
     dtype: State dtype to cast to.
+    batch_size: The inputs' static batch size, if known; the state must have as many rows.
   """
   if isinstance(state, dict) or not isinstance(state, (tuple, list)) or len(state) != 2:
     raise ValueError(f"{layer}: state must be an LSTMState(h, c) (h [batch, {output_size}], "
@@ -65,6 +67,11 @@ def check_state(layer: str, state, units: int, output_size: int, dtype) -> LSTMS
                                      (t.shape[-1] is not None and t.shape[-1] != size)):
       raise ValueError(f"{layer}: state.{name} must have shape [batch, {size}], "
                        f"got {tuple(t.shape)}")
+  for name, t in (("h", h), ("c", c)):
+    rows = t.shape[0] if t.shape.rank else None
+    if rows is not None and batch_size is not None and rows != batch_size:
+      raise ValueError(f"{layer}: state.{name} must have the inputs' batch size {batch_size}, "
+                       f"got {rows} rows (shape {tuple(t.shape)})")
   if h.shape[0] is not None and c.shape[0] is not None and h.shape[0] != c.shape[0]:
     raise ValueError(f"{layer}: state.h and state.c must have the same batch size, "
                      f"got {h.shape[0]} and {c.shape[0]}")

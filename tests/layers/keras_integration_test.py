@@ -105,8 +105,6 @@ def test_mixed_precision_computes_in_half_and_keeps_state_float32(policy, tol,
   np.testing.assert_allclose(tf.cast(compiled_outputs, tf.float32), expected, rtol=tol, atol=tol)
 
 
-@pytest.mark.xfail(strict=True, reason="the kept-state variables are autocast to the compute dtype "
-                   "when read in call, so the float32 state arithmetic sees a half tensor")
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_stateful_layer_under_mixed_precision_keeps_a_float32_state(policy, restore_global_policy):
   x = _normal(6, B, T, F)

@@ -373,8 +373,6 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
     lstm.reset_state()
 
 
-@pytest.mark.xfail(strict=True, reason="the state's batch size is not checked against the inputs': "
-                   "the mismatch surfaces later as an InvalidArgumentError")
 def test_initial_state_with_another_batch_size_raises_value_error():
   lstm = lstm_of()
   other_batch = LSTMState(tf.zeros([B + 1, U]), tf.zeros([B + 1, U]))
