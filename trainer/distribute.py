@@ -72,7 +72,10 @@ def _mirrored(cpu_devices: int) -> tf.distribute.Strategy:
     raise ConfigError(
         f"distribution.cpu_devices={cpu_devices} needs {cpu_devices} logical CPU devices, but TensorFlow "
         f"already started with {len(logical)}; call make_strategy() before any TensorFlow op runs")
-  return tf.distribute.MirroredStrategy([d.name for d in logical[:wanted]])
+  # Sums on one device rather than collectives: on one host's CPUs that is as fast, and collective
+  # instance keys would clash between strategies created in one process.
+  return tf.distribute.MirroredStrategy([d.name for d in logical[:wanted]],
+                                        cross_device_ops=tf.distribute.ReductionToOneDevice())
 
 
 def _multi_worker() -> tf.distribute.Strategy:

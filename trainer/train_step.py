@@ -39,6 +39,19 @@ def scale_gradient(grad, factor):
   return grad * tf.cast(factor, grad.dtype)
 
 
+def merge_duplicate_rows(grad):
+  """Sums the rows of a `tf.IndexedSlices` gradient that share an index (dense gradients pass through).
+
+  An embedding gradient lists one row per looked-up token, and the cross-replica sum concatenates
+  replicas' rows; the norm of such values is not the norm of the gradient they add up to.
+  """
+  if not isinstance(grad, tf.IndexedSlices):
+    return grad
+  indices, position = tf.unique(grad.indices)
+  values = tf.math.unsorted_segment_sum(grad.values, position, tf.shape(indices)[0])
+  return tf.IndexedSlices(values, indices, grad.dense_shape)
+
+
 def weighted_loss_sum(per_position, weights):
   """sum(loss * weights) in float32, ignoring whatever the loss is at weight-0 (padding) positions."""
   per_position = tf.cast(per_position, tf.float32)
@@ -112,8 +125,13 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters, cl
   loss_scale = tf.identity(lso.dynamic_scale) if lso is not None else None
 
   local_loss, new_state, grads = forward_backward_fn(task, batch, state, global_weight, loss_scale)
+  if replicas > 1:
+    # Sparse (embedding) gradients are reduced as dense tensors: tf.distribute all-gathers IndexedSlices
+    # with collectives inside a cond whose lengths vary per step, and inside the step loop those
+    # collectives can pair up across iterations (shape-mismatch aborts).
+    grads = [tf.convert_to_tensor(g) for g in grads]
   reduced = ctx.all_reduce(SUM, [local_loss] + list(grads))
-  loss, grads = reduced[0], reduced[1:]
+  loss, grads = reduced[0], [merge_duplicate_rows(g) for g in reduced[1:]]
   if loss_scale is not None:
     grads = [scale_gradient(g, 1.0 / loss_scale) for g in grads]
   grad_norm = tf.linalg.global_norm(grads)

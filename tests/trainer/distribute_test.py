@@ -1,0 +1,79 @@
+"""Strategies from gin names, their errors, and moving per-replica rows in and out."""
+
+import gin
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from trainer import distribute, runtime
+from trainer.distribute import make_strategy
+from trainer.errors import ConfigError
+
+
+def test_default_strategy():
+  strategy = make_strategy()
+  assert strategy is tf.distribute.get_strategy()
+  assert strategy.num_replicas_in_sync == 1
+
+
+def test_mirrored_over_logical_cpus_from_gin():
+  gin.parse_config("distribution.strategy = 'mirrored'\ndistribution.cpu_devices = 2")
+  strategy = make_strategy()
+  assert isinstance(strategy, tf.distribute.MirroredStrategy)
+  assert strategy.num_replicas_in_sync == 2
+  assert [d.split("/")[-1] for d in strategy.extended.worker_devices] == ["device:CPU:0", "device:CPU:1"]
+
+
+def test_mirrored_with_more_cpus_than_the_started_runtime_has():
+  with pytest.raises(ConfigError, match="distribution.cpu_devices=3 needs 3 logical CPU devices"):
+    make_strategy("mirrored", cpu_devices=3)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"strategy": "gpu"}, "distribution.strategy must be one of"),
+    ({"cpu_devices": -1}, "distribution.cpu_devices must be a non-negative integer"),
+    ({"cpu_devices": 1.5}, "distribution.cpu_devices"),
+])
+def test_bad_values_raise_config_error(kwargs, match):
+  with pytest.raises(ConfigError, match=match):
+    make_strategy(**kwargs)
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+  monkeypatch.delenv("TF_CONFIG", raising=False)
+  with pytest.raises(ConfigError, match="TF_CONFIG"):
+    make_strategy("multi_worker")
+
+
+def test_rows_must_split_evenly():
+  strategy = make_strategy("mirrored", cpu_devices=2)
+  assert distribute.rows_per_replica(strategy, 6, "Task.global_batch_size") == 3
+  with pytest.raises(ConfigError, match="Task.global_batch_size is 5, which does not split evenly over 2"):
+    distribute.rows_per_replica(strategy, 5, "Task.global_batch_size")
+
+
+def test_rows_round_trip_through_replicas():
+  strategy = make_strategy("mirrored", cpu_devices=2)
+  value = {"h": tf.reshape(tf.range(12.0), [4, 3]), "c": tf.constant([[1.0], [2.0], [3.0], [4.0]])}
+  distributed = distribute.distribute_rows(strategy, value, rows=2)
+  first, second = strategy.experimental_local_results(distributed["h"])
+  np.testing.assert_array_equal(first, value["h"][:2])  # replica r owns rows [2r, 2r + 2)
+  np.testing.assert_array_equal(second, value["h"][2:])
+  back = tf.function(lambda v: distribute.gather_rows(strategy, v))(distributed)
+  for key in value:
+    np.testing.assert_array_equal(back[key], value[key])
+
+
+def test_make_strategy_applies_the_trainer_seed_and_precision_bindings():
+  import trainer  # noqa: F401  (registers Trainer with gin)
+  gin.parse_config("Trainer.seed = 7\nTrainer.mixed_precision = 'mixed_bfloat16'")
+  try:
+    make_strategy()
+    assert runtime.seeded_with() == 7
+    assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    drawn = keras.random.uniform([3], seed=None).numpy()
+    keras.utils.set_random_seed(7)
+    np.testing.assert_array_equal(drawn, keras.random.uniform([3], seed=None).numpy())
+  finally:
+    keras.config.set_dtype_policy("float32")
