@@ -8,8 +8,9 @@ carried from chunk to chunk.
                  steps, histograms and a checkpoint every 1000), model built with keras.layers.LSTM
   trainer/tbptt  the same with the tbptt `layers.LSTM`
   bare           the Trainer's compiled step loop called back to back: no summaries, no checkpoints
-  fit            `model.fit` of a Sequential with keras.layers.LSTM(stateful=True), steps_per_execution=1
-  fit/spe        the same with steps_per_execution = the Trainer's steps per loop
+  fit            `model.fit` of a Sequential with keras.layers.LSTM(stateful=True),
+  steps_per_execution=1 fit/spe        the same with steps_per_execution = the Trainer's steps per
+  loop
 
 Candidates run in interleaved rounds of `--steps` steps after one untimed warm-up round each; the
 table reports median tokens/s. Targets (PASS/FAIL): trainer >= fit, and the Trainer's overhead over
@@ -67,7 +68,7 @@ CHUNKS = 50  # chunks per pass over the synthetic streams
 
 
 class LM(keras.Model):
-  """Embedding -> LSTM -> Dense with the state in and out: `lm(tokens, state) -> (logits, state)`."""
+  """Embedding -> LSTM -> Dense, state in and out: `lm(tokens, state) -> (logits, state)`."""
 
   def __init__(self, shape: Shape, tbptt_lstm: bool):
     super().__init__()
@@ -89,7 +90,7 @@ class LM(keras.Model):
 
 
 def token_streams(shape: Shape) -> np.ndarray:
-  """[B, CHUNKS * T + 1] random tokens: B contiguous streams (one extra token for the last target)."""
+  """[B, CHUNKS * T + 1] random tokens: B contiguous streams (+1 token for the last target)."""
   return np.random.default_rng(0).integers(0, shape.vocab, (shape.batch, CHUNKS * shape.steps + 1),
                                            dtype=np.int32)
 
@@ -115,7 +116,8 @@ class StreamTask(Task):
     return self.shape.batch * self.shape.steps
 
   def initial_state(self, batch_size):
-    return LSTMState(tf.zeros([batch_size, self.shape.units]), tf.zeros([batch_size, self.shape.units]))
+    zeros = tf.zeros([batch_size, self.shape.units])
+    return LSTMState(zeros, zeros)
 
   def train_batch(self, step, row_start, num_rows):
     t = self.shape.steps
@@ -125,7 +127,8 @@ class StreamTask(Task):
             "reset": tf.fill([num_rows], tf.equal(k, 0))}
 
   def loss(self, batch, predictions):
-    return keras.losses.sparse_categorical_crossentropy(batch["targets"], predictions, from_logits=True)
+    return keras.losses.sparse_categorical_crossentropy(batch["targets"], predictions,
+                                                        from_logits=True)
 
   def num_eval_batches(self, split):
     return 0
@@ -171,7 +174,8 @@ def fit_round(shape: Shape, steps: int, steps_per_execution: int) -> Callable[[]
   # Batch k of the dataset is chunk k: rows k*B .. k*B + B - 1 are the B streams' k-th chunks.
   x = np.concatenate([streams[:, k * t:(k + 1) * t] for k in range(CHUNKS)])
   y = np.concatenate([streams[:, k * t + 1:(k + 1) * t + 1] for k in range(CHUNKS)])
-  dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(shape.batch, drop_remainder=True).repeat()
+  dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(shape.batch, drop_remainder=True)
+  dataset = dataset.repeat()
   return lambda: model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
 
 
@@ -259,13 +263,15 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  shape, steps, rounds, steps_per_loop = SHAPES[args.shape], args.steps, args.rounds, args.steps_per_loop
+  shape, steps, rounds = SHAPES[args.shape], args.steps, args.rounds
+  steps_per_loop = args.steps_per_loop
   if args.quick:
     shape, steps, rounds, steps_per_loop = QUICK_SHAPE, 20, 2, 10
   logging.set_verbosity(logging.WARNING)
   with tempfile.TemporaryDirectory(prefix="tbptt_bench_") as directory:
     print(f"timing {shape}, {rounds} rounds of {steps} steps ...", file=sys.stderr, flush=True)
-    seconds = time_interleaved(candidates(shape, steps, steps_per_loop, directory, args.quick), rounds)
+    runs = candidates(shape, steps, steps_per_loop, directory, args.quick)
+    seconds = time_interleaved(runs, rounds)
   text, passed = report(seconds, shape, steps, rounds)
   print(text)
   return 1 if args.strict and not passed else 0

@@ -1,4 +1,4 @@
-"""The TBPTT trainer: compiled multi-step loops with carried state, clipping, checkpoints and summaries.
+"""The TBPTT trainer: compiled multi-step loops, carried state, clipping, checkpoints, summaries.
 
   from trainer import Trainer
   from trainer.distribute import make_strategy

@@ -1,9 +1,10 @@
-"""Checkpoints in model_dir/checkpoints (`ckpt-<step>.*`, `checkpoint`) and the best one in .../best.
+"""Checkpoints in model_dir/checkpoints (`ckpt-<step>.*`, `checkpoint`), the best one in .../best.
 
 Crash safety comes from TensorFlow's write order: `Checkpoint.write` writes the data shards and the
-`.index` into a temporary directory and moves them into place, and only then does `CheckpointManager`
-rewrite the `checkpoint` state file (itself atomically). Restores read that state file, never a glob of
-`ckpt-*`, so a save that was cut short is never restored: the previous checkpoint is.
+`.index` into a temporary directory and moves them into place, and only then does
+`CheckpointManager` rewrite the `checkpoint` state file (itself atomically). Restores read that
+state file, never a glob of `ckpt-*`, so a save that was cut short is never restored: the previous
+checkpoint is.
 """
 
 import os
@@ -21,7 +22,7 @@ def _first_line(error: BaseException) -> str:
 
 
 class Checkpointer:
-  """Saves and restores a fixed set of trackables (model, optimizer, step, carried state, counters...).
+  """Saves and restores a fixed set of trackables (model, optimizer, step, carried state, ...).
 
   Args:
     directory: model_dir/checkpoints.
@@ -54,8 +55,8 @@ class Checkpointer:
     else means the checkpoint was written by a different model or config.
 
     Raises:
-      ConfigError: The checkpoint does not fit (names the checkpoint and the first mismatch) or cannot
-        be read. Its files are left as they are.
+      ConfigError: The checkpoint does not fit (names the checkpoint and the first mismatch) or
+        cannot be read. Its files are left as they are.
     """
     path = path or self.latest
     if path is None:

@@ -1,4 +1,4 @@
-"""Cadence: when to train, evaluate, checkpoint, write summaries, report progress and stop on a signal.
+"""Cadence: when to train, evaluate, checkpoint, write summaries, show progress, stop on a signal.
 
 The controller never touches the model. It drives a runner (the Trainer) through this interface:
 
@@ -40,7 +40,7 @@ class Runner(Protocol):
 
 
 class TrainingInterrupted(SystemExit):
-  """SIGINT/SIGTERM stopped training after a checkpoint; exits the process with 130 (SIGINT) / 143."""
+  """SIGINT/SIGTERM stopped training after a checkpoint; exits with 130 (SIGINT) / 143 (SIGTERM)."""
 
   def __init__(self, signum: int, step: int):
     super().__init__(128 + signum)
@@ -78,8 +78,8 @@ class _StopSignals:
             file=sys.stderr, flush=True)
       os._exit(128 + signum)
     self.signum = signum
-    print(f"\n{signal.Signals(signum).name}: stopping after the current loop (send it again to exit at "
-          "once).", file=sys.stderr, flush=True)
+    print(f"\n{signal.Signals(signum).name}: stopping after the current loop (send it again to "
+          "exit at once).", file=sys.stderr, flush=True)
 
 
 class Controller:
@@ -96,7 +96,8 @@ class Controller:
     summary_interval: Write train scalars at multiples of this step count.
     checkpoint_interval: Save at multiples of this (and at the end, and on a signal).
     eval_interval: Evaluate 'valid' at multiples of this (None: only at the end).
-    histogram_interval: Weight and gradient histograms at the first loop end past each multiple (None: off).
+    histogram_interval: Weight and gradient histograms at the first loop end past each multiple
+      (None: off).
     log_interval: Progress line at the first loop end past each multiple.
     max_nonfinite_steps: Skipped steps in a row that end training with TrainingError.
     tokens_per_step: Target positions per global step for tokens/s (None: the weight sums).
@@ -122,7 +123,7 @@ class Controller:
     self._logged = 0
     self._wrote_config = False
 
-  # -- training ----------------------------------------------------------------------------------------
+  # -- training ------------------------------------------------------------------------------------
 
   def _loop_size(self, step: int, until: int) -> int:
     size = min(self._steps_per_loop, until - step)
@@ -165,10 +166,11 @@ class Controller:
           self._summaries.histograms("train", step, self._runner.histograms())
         if outputs.consecutive_nonfinite >= self._max_nonfinite:
           self._summaries.flush()
+          limit = self._max_nonfinite
           raise TrainingError(
-              f"training stopped at step {step}: {self._max_nonfinite} steps in a row had a non-finite "
-              f"loss or gradient and were skipped (Trainer.max_nonfinite_steps={self._max_nonfinite}); "
-              "lower the learning rate or set Trainer.clip_norm, then resume from the last checkpoint")
+              f"training stopped at step {step}: {limit} steps in a row had a non-finite loss or "
+              f"gradient and were skipped (Trainer.max_nonfinite_steps={limit}); lower the "
+              "learning rate or set Trainer.clip_norm, then resume from the last checkpoint")
         self._progress(step, until, result["train"], start_step, start_time)
         done = step >= until
         if done or (self._eval_interval and step % self._eval_interval == 0):
@@ -203,7 +205,8 @@ class Controller:
               "nonfinite_steps": int(outputs.nonfinite_steps[i]),
               "steps_per_sec": steps_per_sec, "tokens_per_sec": tokens_per_sec}
 
-    # Each step's own values at its own step (not loop averages), so a resumed run repeats them exactly.
+    # Each step's own values at its own step (not loop averages), so a resumed run repeats them
+    # exactly.
     first = self._summary_interval - previous % self._summary_interval
     for i in range(first - 1, outputs.steps, self._summary_interval):
       self._summaries.scalars("train", previous + i + 1, metrics(i))
@@ -228,7 +231,7 @@ class Controller:
     return metrics
 
   def evaluate(self, splits, step: int) -> dict:
-    """Evaluates each split at `step` and writes its summaries; returns {split: metrics} (non-empty ones)."""
+    """Evaluates each split at `step` and writes its summaries; returns {split: metrics}."""
     results = {}
     for split in splits:
       metrics = self._evaluate_split(split, step)
@@ -244,9 +247,10 @@ class Controller:
       self._runner.write_operative_config(step)
       self._wrote_config = True
 
-  # -- progress ----------------------------------------------------------------------------------------
+  # -- progress ------------------------------------------------------------------------------------
 
-  def _progress(self, step: int, until: int, metrics: dict, start_step: int, start_time: float) -> None:
+  def _progress(self, step: int, until: int, metrics: dict, start_step: int,
+                start_time: float) -> None:
     rate = (step - start_step) / max(time.perf_counter() - start_time, 1e-9)
     eta = datetime.timedelta(seconds=round((until - step) / rate)) if rate > 0 else "?"
     line = (f"step {step}/{until} | loss {metrics.get('loss', math.nan):.4f} | "

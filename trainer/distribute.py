@@ -1,7 +1,8 @@
 """Distribution strategies, and moving the per-replica TBPTT state in and out of them.
 
-`make_strategy()` is the first call of every experiment: it picks the strategy and applies the process-wide
-settings that must precede model construction (seeds, op determinism, mixed precision; see `runtime`).
+`make_strategy()` is the first call of every experiment: it picks the strategy and applies the
+process-wide settings that must precede model construction (seeds, op determinism, mixed precision;
+see `runtime`).
 """
 
 import json
@@ -21,17 +22,17 @@ def make_strategy(strategy: str = "default", cpu_devices: int = 0) -> tf.distrib
   """Builds the `tf.distribute.Strategy` every variable is created under.
 
   Also applies `Trainer.seed`, `Trainer.deterministic` and `Trainer.mixed_precision` (see
-  `runtime.configure_from_gin`): the model's weights and dtype policy are fixed when the task is built,
-  which happens between this call and the Trainer's.
+  `runtime.configure_from_gin`): the model's weights and dtype policy are fixed when the task is
+  built, which happens between this call and the Trainer's.
 
   Args:
-    strategy: 'default' (one device, `tf.distribute.get_strategy()`); 'mirrored' (synchronous replicas on
-      all GPUs or, without GPUs, on `cpu_devices` logical CPUs); 'multi_worker'
+    strategy: 'default' (one device, `tf.distribute.get_strategy()`); 'mirrored' (synchronous
+      replicas on all GPUs or, without GPUs, on `cpu_devices` logical CPUs); 'multi_worker'
       (`MultiWorkerMirroredStrategy`, cluster from the TF_CONFIG environment variable); 'tpu'
       (`TPUStrategy`, TPU found by `TPUClusterResolver`).
-    cpu_devices: For 'mirrored' without GPUs: split the CPU into this many logical devices (one replica
-      each). 0 uses the logical CPUs that already exist. Must be set before TensorFlow starts its runtime
-      (before the first op), unless that many logical CPUs already exist.
+    cpu_devices: For 'mirrored' without GPUs: split the CPU into this many logical devices (one
+      replica each). 0 uses the logical CPUs that already exist. Must be set before TensorFlow
+      starts its runtime (before the first op), unless that many logical CPUs already exist.
 
   Returns:
     The strategy; build the task and the Trainer inside `strategy.scope()`.
@@ -40,11 +41,11 @@ def make_strategy(strategy: str = "default", cpu_devices: int = 0) -> tf.distrib
     ConfigError: Unknown strategy, bad cpu_devices, missing TF_CONFIG, no TPU.
   """
   if strategy not in STRATEGIES:
-    raise ConfigError(f"distribution.strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}; "
-                      "set --gin_bindings=\"distribution.strategy='mirrored'\"")
+    raise ConfigError(f"distribution.strategy must be one of {', '.join(STRATEGIES)}, got "
+                      f"{strategy!r}; set --gin_bindings=\"distribution.strategy='mirrored'\"")
   if isinstance(cpu_devices, bool) or not isinstance(cpu_devices, int) or cpu_devices < 0:
-    raise ConfigError(f"distribution.cpu_devices must be a non-negative integer, got {cpu_devices!r}; "
-                      "set --gin_bindings='distribution.cpu_devices=2'")
+    raise ConfigError(f"distribution.cpu_devices must be a non-negative integer, got "
+                      f"{cpu_devices!r}; set --gin_bindings='distribution.cpu_devices=2'")
   runtime.configure_from_gin()
   if strategy == "default":
     return tf.distribute.get_strategy()
@@ -70,8 +71,9 @@ def _mirrored(cpu_devices: int) -> tf.distribute.Strategy:
   wanted = cpu_devices or len(logical)
   if len(logical) < wanted:
     raise ConfigError(
-        f"distribution.cpu_devices={cpu_devices} needs {cpu_devices} logical CPU devices, but TensorFlow "
-        f"already started with {len(logical)}; call make_strategy() before any TensorFlow op runs")
+        f"distribution.cpu_devices={cpu_devices} needs {cpu_devices} logical CPU devices, but "
+        f"TensorFlow already started with {len(logical)}; call make_strategy() before any "
+        "TensorFlow op runs")
   # Sums on one device rather than collectives: on one host's CPUs that is as fast, and collective
   # instance keys would clash between strategies created in one process.
   return tf.distribute.MirroredStrategy([d.name for d in logical[:wanted]],
@@ -81,8 +83,9 @@ def _mirrored(cpu_devices: int) -> tf.distribute.Strategy:
 def _multi_worker() -> tf.distribute.Strategy:
   config = os.environ.get("TF_CONFIG")
   if not config:
-    raise ConfigError("distribution.strategy='multi_worker' reads the cluster from the TF_CONFIG environment "
-                      "variable, which is not set; export TF_CONFIG='{\"cluster\": ..., \"task\": ...}'")
+    raise ConfigError("distribution.strategy='multi_worker' reads the cluster from the TF_CONFIG "
+                      "environment variable, which is not set; export "
+                      "TF_CONFIG='{\"cluster\": ..., \"task\": ...}'")
   try:
     json.loads(config)
   except ValueError as e:
@@ -96,7 +99,8 @@ def _tpu() -> tf.distribute.Strategy:
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
   except (ValueError, RuntimeError, tf.errors.OpError) as e:
-    raise ConfigError(f"distribution.strategy='tpu' found no usable TPU: {e}".splitlines()[0]) from None
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(f"distribution.strategy='tpu' found no usable TPU: {message}") from None
   return tf.distribute.TPUStrategy(resolver)
 
 
@@ -108,8 +112,8 @@ def rows_per_replica(strategy: tf.distribute.Strategy, global_rows: int, what: s
   """
   replicas = strategy.num_replicas_in_sync
   if global_rows % replicas:
-    raise ConfigError(f"{what} is {global_rows}, which does not split evenly over {replicas} replicas; "
-                      f"use a multiple of {replicas}")
+    raise ConfigError(f"{what} is {global_rows}, which does not split evenly over {replicas} "
+                      f"replicas; use a multiple of {replicas}")
   return global_rows // replicas
 
 
@@ -123,12 +127,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
 
 
 def first_replica(strategy: tf.distribute.Strategy, value):
-  """The first replica's copy of a value that every replica computed identically (or a plain tensor)."""
+  """The first replica's copy of a value all replicas computed identically (or a plain tensor)."""
   return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], value)
 
 
 def distribute_rows(strategy: tf.distribute.Strategy, global_value, rows: int):
-  """Splits a nest of global [B, ...] tensors into per-replica [B/R, ...] values (rows r*b:(r+1)*b)."""
+  """Splits a nest of global [B, ...] tensors over the replicas: replica r gets rows r*b:(r+1)*b."""
   def value_fn(ctx):
     start = ctx.replica_id_in_sync_group * rows
     return tf.nest.map_structure(lambda t: tf.identity(t[start:start + rows]), global_value)

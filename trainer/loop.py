@@ -1,8 +1,9 @@
 """Compiled multi-step loops: N training steps (or a whole eval pass) in one `tf.function` call.
 
-The step count is a tensor, so calls with different N reuse one trace. The loop runs in cross-replica
-context and calls `strategy.run` once per step (the way Orbit and Keras compile their loops); the carried
-state flows through the loop as a per-replica value and is returned, so it survives between calls.
+The step count is a tensor, so calls with different N reuse one trace. The loop runs in
+cross-replica context and calls `strategy.run` once per step (the way Orbit and Keras compile their
+loops); the carried state flows through the loop as a per-replica value and is returned, so it
+survives between calls.
 """
 
 from typing import Any, NamedTuple
@@ -28,7 +29,7 @@ class TrainOutputs(NamedTuple):
 
 
 def state_paths(structure) -> list[str]:
-  """Names for the leaves of a state nest: 'h', 'c' for an LSTMState, '0/h', '1/c' for a tuple of them."""
+  """Leaf names of a state nest: 'h', 'c' for an LSTMState; '0/h', '1/c' for a tuple of them."""
   def walk(node, prefix):
     if isinstance(node, dict):
       items = sorted(node.items())
@@ -38,18 +39,20 @@ def state_paths(structure) -> list[str]:
       items = list(enumerate(node))
     else:
       return [prefix or "state"]
-    return [p for key, child in items for p in walk(child, f"{prefix}/{key}" if prefix else str(key))]
+    return [path for key, child in items
+            for path in walk(child, f"{prefix}/{key}" if prefix else str(key))]
   return walk(structure, "")
 
 
 class TrainLoop:
-  """`loop(num_steps, state) -> (new_state, TrainOutputs)`: runs `num_steps` training steps in graph.
+  """`loop(num_steps, state) -> (new_state, TrainOutputs)`: `num_steps` training steps in graph.
 
   Args:
     strategy: The strategy the task and optimizer were built under.
     task: The `trainer.task.Task`.
     optimizer: A built Keras optimizer.
-    global_step: int64 scalar variable; step k reads `task.train_batch(k, ...)`, then the variable is k + 1.
+    global_step: int64 scalar variable; step k reads `task.train_batch(k, ...)`, then the variable
+      is k + 1.
     counters: NonFiniteCounters.
     rows: Rows per replica (global batch / replicas).
     clip_norm: Global-norm clip (None: off).
@@ -57,8 +60,9 @@ class TrainLoop:
     jit_compile: Compile each replica's forward and backward pass with XLA.
   """
 
-  def __init__(self, strategy, task, optimizer, *, global_step: tf.Variable, counters: NonFiniteCounters,
-               rows: int, clip_norm: float | None, max_nonfinite_steps: int, jit_compile: bool = False):
+  def __init__(self, strategy, task, optimizer, *, global_step: tf.Variable,
+               counters: NonFiniteCounters, rows: int, clip_norm: float | None,
+               max_nonfinite_steps: int, jit_compile: bool = False):
     self._strategy = strategy
     self._task = task
     self._optimizer = optimizer
@@ -87,14 +91,16 @@ class TrainLoop:
     taken = tf.constant(0)
     for i in tf.range(num_steps):
       learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
-      state, metrics = strategy.run(self._replica_step, args=(self._global_step.read_value(), state))
+      step = self._global_step.read_value()
+      state, metrics = strategy.run(self._replica_step, args=(step, state))
       metrics = distribute.first_replica(strategy, metrics)
       self._global_step.assign_add(1)
       arrays["loss"] = arrays["loss"].write(i, metrics["loss"])
       arrays["grad_norm"] = arrays["grad_norm"].write(i, metrics["grad_norm"])
       arrays["learning_rate"] = arrays["learning_rate"].write(i, learning_rate)
       arrays["weight"] = arrays["weight"].write(i, metrics["weight"])
-      arrays["nonfinite_steps"] = arrays["nonfinite_steps"].write(i, self._counters.total.read_value())
+      total = self._counters.total.read_value()
+      arrays["nonfinite_steps"] = arrays["nonfinite_steps"].write(i, total)
       taken = i + 1
       if self._counters.consecutive >= self._max_nonfinite:
         break
@@ -107,8 +113,8 @@ class TrainLoop:
     def local(s):
       return [tf.stack([tf.reduce_sum(tf.square(t)), tf.cast(tf.size(t), tf.float32)])
               for t in tf.nest.flatten(s)]
-    return self._strategy.reduce(tf.distribute.ReduceOp.SUM, self._strategy.run(local, args=(state,)),
-                                 axis=None)
+    per_replica = self._strategy.run(local, args=(state,))
+    return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
   def __call__(self, num_steps: int, state) -> tuple[Any, TrainOutputs]:
     if self._paths is None:
@@ -127,7 +133,7 @@ class TrainLoop:
 
 
 class EvalLoop:
-  """`loop(split) -> sums`: one pass over an eval split from a zero state, state carried across its chunks.
+  """`loop(split) -> sums`: one pass over a split from a zero state, carried across its chunks.
 
   Args:
     strategy: The strategy the task was built under.
@@ -156,7 +162,8 @@ class EvalLoop:
       return state, {k: totals[k] + v for k, v in sums.items()}
 
     def run(num_batches):
-      state = strategy.experimental_distribute_values_from_function(lambda _: task.initial_state(rows))
+      state = strategy.experimental_distribute_values_from_function(
+          lambda _: task.initial_state(rows))
       # Chunk 0 outside the loop: it fixes the structure of the sums (the task may add its own).
       state, totals = strategy.run(replica_step, args=(tf.constant(0, tf.int64), state))
       for index in tf.range(1, num_batches):
@@ -170,8 +177,7 @@ class EvalLoop:
     return count if self._max_batches is None else min(count, self._max_batches)
 
   def __call__(self, split: str) -> dict[str, float] | None:
-    """Accumulated sums over the split (`loss`, `weight`, the task's extras) as Python floats; None if
-    the split has no chunks."""
+    """Sums over the split (`loss`, `weight`, the task's extras) as floats; None if it is empty."""
     if self.num_batches(split) == 0:
       return None
     if split not in self._loops:

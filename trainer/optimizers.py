@@ -1,8 +1,9 @@
 """Optimizers and learning-rate schedules, registered with gin.
 
-Optimizers are Keras's, registered under the gin module `optimizers` (`Trainer.optimizer = @optimizers.SGD`,
-`optimizers.SGD.momentum = 0.9`). The Trainer calls the factory as `factory(learning_rate=...)`; leave
-clipping to `Trainer.clip_norm` (it clips the global gradient once, across replicas).
+Optimizers are Keras's, registered under the gin module `optimizers`:
+`Trainer.optimizer = @optimizers.SGD`, `optimizers.SGD.momentum = 0.9`. The Trainer calls the
+factory as `factory(learning_rate=...)`; leave clipping to `Trainer.clip_norm` (it clips the global
+gradient once, across replicas).
 
 Schedules live under the gin module `schedules` (`Trainer.lr_schedule = @schedules.EpochDecay`,
 `schedules.EpochDecay.decay = 0.5`). The Trainer calls the factory as
@@ -49,16 +50,18 @@ class Constant(keras.optimizers.schedules.LearningRateSchedule):
 @keras.saving.register_keras_serializable(package="tbptt")
 @gin.register(module="schedules")
 class EpochDecay(keras.optimizers.schedules.LearningRateSchedule):
-  """Per-epoch exponential decay after a number of epochs at the full rate (Zaremba et al. 2014, PTB).
+  """Per-epoch exponential decay after some epochs at the full rate (Zaremba et al. 2014, PTB).
 
   Epochs count from 1: epoch(step) = step // steps_per_epoch + 1 (or the unfloored fraction when
   `staircase=False`), and
 
-      lr(step) = max(min_learning_rate, learning_rate * decay ** max(0, epoch(step) - decay_start_epoch))
+      lr(step) = max(min_learning_rate,
+                     learning_rate * decay ** max(0, epoch(step) - decay_start_epoch))
 
-  so epochs 1..decay_start_epoch run at `learning_rate` and every later epoch multiplies it by `decay`.
-  Zaremba's "small" PTB recipe (lr 1, lr_decay 0.5, max_epoch 4) is learning_rate=1, decay=0.5,
-  decay_start_epoch=4; "medium" is decay=0.8, decay_start_epoch=6; "large" decay=1/1.15, decay_start_epoch=14.
+  so epochs 1..decay_start_epoch run at `learning_rate` and every later epoch multiplies it by
+  `decay`. Zaremba's "small" PTB recipe (lr 1, lr_decay 0.5, max_epoch 4) is learning_rate=1,
+  decay=0.5, decay_start_epoch=4; "medium" is decay=0.8, decay_start_epoch=6; "large" decay=1/1.15,
+  decay_start_epoch=14.
 
   Args:
     learning_rate: The initial rate.
@@ -76,13 +79,14 @@ class EpochDecay(keras.optimizers.schedules.LearningRateSchedule):
     del total_steps
     self.learning_rate = _positive("learning_rate", learning_rate, "Trainer.learning_rate")
     if steps_per_epoch is None or int(steps_per_epoch) <= 0:
-      raise ConfigError(f"schedules.EpochDecay needs a positive steps_per_epoch, got {steps_per_epoch!r}; "
-                        "the task must report steps_per_epoch")
+      raise ConfigError(f"schedules.EpochDecay needs a positive steps_per_epoch, got "
+                        f"{steps_per_epoch!r}; the task must report steps_per_epoch")
     self.steps_per_epoch = int(steps_per_epoch)
     if not 0.0 < float(decay) <= 1.0:
       raise ConfigError(f"schedules.EpochDecay.decay must be in (0, 1], got {decay!r}")
     if int(decay_start_epoch) < 0:
-      raise ConfigError(f"schedules.EpochDecay.decay_start_epoch must be >= 0, got {decay_start_epoch!r}")
+      raise ConfigError("schedules.EpochDecay.decay_start_epoch must be >= 0, got "
+                        f"{decay_start_epoch!r}")
     self.decay = float(decay)
     self.decay_start_epoch = int(decay_start_epoch)
     self.staircase = bool(staircase)
@@ -108,9 +112,9 @@ class EpochDecay(keras.optimizers.schedules.LearningRateSchedule):
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
   """Linear warmup, then cosine decay to `final_learning_rate` at `total_steps`.
 
-      lr(step) = learning_rate * (step + 1) / warmup_steps                        step < warmup_steps
-      lr(step) = final + (learning_rate - final) * (1 + cos(pi * p)) / 2          otherwise,
-                 p = min(1, (step - warmup_steps) / (total_steps - warmup_steps))
+      step < warmup_steps:  lr = learning_rate * (step + 1) / warmup_steps
+      otherwise:            lr = final + (learning_rate - final) * (1 + cos(pi * p)) / 2,
+                            p = min(1, (step - warmup_steps) / (total_steps - warmup_steps))
 
   Args:
     learning_rate: Peak rate (reached at the end of warmup).
@@ -128,8 +132,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     if total_steps is None or int(total_steps) <= 0:
       raise ConfigError(f"schedules.WarmupCosine needs a positive total_steps, got {total_steps!r}")
     if not 0 <= int(warmup_steps) < int(total_steps):
-      raise ConfigError(f"schedules.WarmupCosine.warmup_steps must be in [0, total_steps={total_steps}), "
-                        f"got {warmup_steps!r}")
+      raise ConfigError("schedules.WarmupCosine.warmup_steps must be in "
+                        f"[0, total_steps={total_steps}), got {warmup_steps!r}")
     self.total_steps = int(total_steps)
     self.warmup_steps = int(warmup_steps)
     self.final_learning_rate = float(final_learning_rate)
@@ -148,7 +152,8 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def _positive(name, value, gin_name):
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+  number = isinstance(value, (int, float)) and not isinstance(value, bool)
+  if not number or not value > 0 or not math.isfinite(value):
     raise ConfigError(f"{gin_name} must be a positive number, got {value!r}; "
                       f"set --gin_bindings='{gin_name}=0.001'")
   return float(value)
@@ -176,21 +181,24 @@ def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_pe
   rate = learning_rate
   if lr_schedule is not None:
     if not callable(lr_schedule):
-      raise ConfigError(f"Trainer.lr_schedule must be a schedule factory such as @schedules.EpochDecay, "
-                        f"got {lr_schedule!r}")
+      raise ConfigError("Trainer.lr_schedule must be a schedule factory such as "
+                        f"@schedules.EpochDecay, got {lr_schedule!r}")
     rate = lr_schedule(learning_rate, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-      raise ConfigError(f"Trainer.lr_schedule must build a keras LearningRateSchedule, got {rate!r}")
+      raise ConfigError(
+          f"Trainer.lr_schedule must build a keras LearningRateSchedule, got {rate!r}")
   if not callable(factory):
     raise ConfigError(f"Trainer.optimizer must be an optimizer factory such as @optimizers.Adam, "
                       f"got {factory!r}")
   optimizer = factory(learning_rate=rate)
   if not isinstance(optimizer, keras.optimizers.Optimizer):
-    raise ConfigError(f"Trainer.optimizer must build a keras.optimizers.Optimizer, got {optimizer!r}")
+    raise ConfigError(
+        f"Trainer.optimizer must build a keras.optimizers.Optimizer, got {optimizer!r}")
   for knob in ("clipnorm", "global_clipnorm", "clipvalue"):
     if getattr(optimizer, knob, None) is not None:
-      raise ConfigError(f"The optimizer has {knob}={getattr(optimizer, knob)}; clip with Trainer.clip_norm "
-                        "instead (it clips the global gradient once, after the cross-replica sum)")
+      raise ConfigError(f"The optimizer has {knob}={getattr(optimizer, knob)}; clip with "
+                        "Trainer.clip_norm instead (it clips the global gradient once, after the "
+                        "cross-replica sum)")
   if loss_scaling:
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer

@@ -1,9 +1,9 @@
-"""Process-wide settings that must be in place before the model is built: seeds, determinism, precision.
+"""Process-wide settings needed before the model is built: seeds, determinism, mixed precision.
 
-They are `Trainer` parameters (`Trainer.seed`, `Trainer.deterministic`, `Trainer.mixed_precision`), but a
-model's initial weights, dropout seeds and dtype policy are fixed when the task builds it, before the
-Trainer exists. So `make_strategy()`, the first call of an experiment, applies them from the gin bindings,
-and the Trainer checks that what it finds matches.
+They are `Trainer` parameters (`Trainer.seed`, `Trainer.deterministic`, `Trainer.mixed_precision`),
+but a model's initial weights, dropout seeds and dtype policy are fixed when the task builds it,
+before the Trainer exists. So `make_strategy()`, the first call of an experiment, applies them from
+the gin bindings, and the Trainer checks that what it finds matches.
 """
 
 import gin
@@ -32,7 +32,7 @@ def _binding(name: str, default):
 
 
 def configure_from_gin() -> None:
-  """Applies `Trainer.seed`, `Trainer.deterministic` and `Trainer.mixed_precision` from the gin config."""
+  """Applies the gin bindings of `Trainer.seed`, `.deterministic` and `.mixed_precision`."""
   seed_everything(_binding("seed", DEFAULT_SEED), _binding("deterministic", DEFAULT_DETERMINISTIC))
   unbound = object()
   policy = _binding("mixed_precision", unbound)
@@ -48,7 +48,7 @@ def check_seed(seed) -> int:
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
-  """Seeds Python, NumPy, TensorFlow and Keras; with `deterministic`, also makes every op deterministic.
+  """Seeds Python, NumPy, TensorFlow and Keras; `deterministic` also makes every op deterministic.
 
   Op determinism is process-wide and cannot be turned off again.
   """
@@ -68,11 +68,12 @@ def seeded_with() -> int | None:
 
 def check_mixed_precision(policy) -> None:
   if policy not in MIXED_PRECISION_POLICIES:
-    raise ConfigError(f"Trainer.mixed_precision must be None, 'mixed_float16' or 'mixed_bfloat16', got "
-                      f"{policy!r}; set --gin_bindings=\"Trainer.mixed_precision='mixed_bfloat16'\"")
+    raise ConfigError("Trainer.mixed_precision must be None, 'mixed_float16' or 'mixed_bfloat16', "
+                      f"got {policy!r}; set "
+                      "--gin_bindings=\"Trainer.mixed_precision='mixed_bfloat16'\"")
 
 
 def set_mixed_precision(policy: str | None) -> None:
-  """Sets Keras's global dtype policy: compute in float16/bfloat16, variables in float32 (None: float32)."""
+  """Sets the Keras dtype policy: float16/bfloat16 compute, float32 variables (None: float32)."""
   check_mixed_precision(policy)
   keras.config.set_dtype_policy(policy or "float32")

@@ -1,4 +1,4 @@
-"""TensorBoard writers for model_dir/train and model_dir/eval, the operative config, and reading events back.
+"""TensorBoard writers for model_dir/train, model_dir/eval, the operative config; reading events.
 
 Nested metric dicts become tag folders: {"state": {"0/h": x}} is written as `state/0/h`.
 """
@@ -97,7 +97,8 @@ def read_scalars(directory: str, tag: str) -> dict[int, float]:
   for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
     for event in tf.compat.v1.train.summary_iterator(path):
       for value in event.summary.value:
-        if value.tag == tag and (event.step not in latest or event.wall_time >= latest[event.step][0]):
+        newer = event.step not in latest or event.wall_time >= latest[event.step][0]
+        if value.tag == tag and newer:
           scalar = float(np.asarray(tf.make_ndarray(value.tensor)).reshape(()))
           latest[event.step] = (event.wall_time, scalar)
   return {step: value for step, (_, value) in sorted(latest.items())}

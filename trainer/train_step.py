@@ -3,16 +3,16 @@
 Nothing here is compiled: the loops in `loop.py` trace these functions into their `tf.function`s.
 
 How one training step treats the gradient across replicas (R of them):
-  1. each replica's loss is sum(loss * weights) over its own rows divided by the GLOBAL weight sum (the
-     local weight sums are all-reduced first), so the replica gradients add up to the gradient of the
-     global-batch mean, whatever R is;
+  1. each replica's loss is sum(loss * weights) over its own rows divided by the GLOBAL weight sum
+     (the local weight sums are all-reduced first), so the replica gradients add up to the gradient
+     of the global-batch mean, whatever R is;
   2. the gradients are all-reduced (SUM) once, here; the global norm of that sum is the reported
      `grad_norm` and `tf.clip_by_global_norm` clips the sum;
-  3. Keras 3 optimizers sum the gradients they are given across replicas again (in replica context), so
-     each replica hands the optimizer 1/R of the reduced, clipped gradient: the optimizer's sum is then
-     exactly that gradient (R copies of g/R; exact for R a power of two).
-A non-finite loss or gradient skips the update entirely (cross-replica `tf.cond`: no variable, optimizer
-slot or update counter changes), and the carried state keeps the value it started from.
+  3. Keras 3 optimizers sum the gradients they are given across replicas again (in replica context),
+     so each replica hands the optimizer 1/R of the reduced, clipped gradient: the optimizer's sum
+     is then exactly that gradient (R copies of g/R; exact for R a power of two).
+A non-finite loss or gradient skips the update entirely (cross-replica `tf.cond`: no variable,
+optimizer slot or update counter changes), and the carried state keeps the value it started from.
 """
 
 from typing import NamedTuple
@@ -35,12 +35,13 @@ class NonFiniteCounters(NamedTuple):
 def scale_gradient(grad, factor):
   """grad * factor for dense gradients and `tf.IndexedSlices` (embedding gradients) alike."""
   if isinstance(grad, tf.IndexedSlices):
-    return tf.IndexedSlices(grad.values * tf.cast(factor, grad.values.dtype), grad.indices, grad.dense_shape)
+    values = grad.values * tf.cast(factor, grad.values.dtype)
+    return tf.IndexedSlices(values, grad.indices, grad.dense_shape)
   return grad * tf.cast(factor, grad.dtype)
 
 
 def merge_duplicate_rows(grad):
-  """Sums the rows of a `tf.IndexedSlices` gradient that share an index (dense gradients pass through).
+  """Sums the rows of a `tf.IndexedSlices` gradient that share an index (dense ones pass through).
 
   An embedding gradient lists one row per looked-up token, and the cross-replica sum concatenates
   replicas' rows; the norm of such values is not the norm of the gradient they add up to.
@@ -53,7 +54,7 @@ def merge_duplicate_rows(grad):
 
 
 def weighted_loss_sum(per_position, weights):
-  """sum(loss * weights) in float32, ignoring whatever the loss is at weight-0 (padding) positions."""
+  """sum(loss * weights) in float32, ignoring the loss at weight-0 (padding) positions."""
   per_position = tf.cast(per_position, tf.float32)
   weights = tf.cast(weights, tf.float32)
   return tf.reduce_sum(tf.where(weights != 0, per_position * weights, tf.zeros_like(per_position)))
@@ -70,14 +71,14 @@ def forward_backward(task, batch, state, global_weight, loss_scale=None):
     loss_scale: Optional float32 scalar: differentiate loss * loss_scale (float16 loss scaling).
 
   Returns:
-    (local_loss scalar float32, new_state, gradients list aligned with model.trainable_variables; the
-    gradients are of the scaled loss when loss_scale is given).
+    (local_loss scalar float32, new_state, gradients list aligned with model.trainable_variables;
+    the gradients are of the scaled loss when loss_scale is given).
   """
   model = task.model
   with tf.GradientTape() as tape:
     predictions, new_state = model(batch["inputs"], state, training=True)
-    local_loss = tf.math.divide_no_nan(weighted_loss_sum(task.loss(batch, predictions), batch["weights"]),
-                                       global_weight)
+    loss_sum = weighted_loss_sum(task.loss(batch, predictions), batch["weights"])
+    local_loss = tf.math.divide_no_nan(loss_sum, global_weight)
     scaled = local_loss * loss_scale if loss_scale is not None else local_loss
   variables = model.trainable_variables
   grads = tape.gradient(scaled, variables)
@@ -94,17 +95,17 @@ def _loss_scale_optimizer(optimizer):
   return optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
 
-def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters, clip_norm: float | None = None,
-               forward_backward_fn=forward_backward):
+def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
+               clip_norm: float | None = None, forward_backward_fn=forward_backward):
   """One TBPTT training step, called in replica context (inside `strategy.run` or with no strategy).
 
-  reset rows -> tape over the chunk -> global-mean loss -> all-reduced gradients -> global-norm clip ->
-  update unless non-finite -> `tf.stop_gradient(new_state)`.
+  reset rows -> tape over the chunk -> global-mean loss -> all-reduced gradients -> global-norm clip
+  -> update unless non-finite -> `tf.stop_gradient(new_state)`.
 
   Args:
     task: The `trainer.task.Task` (its model, loss).
-    optimizer: A built Keras optimizer over `task.model.trainable_variables` (a LossScaleOptimizer for
-      float16; its scale is then stepped here, and its inner optimizer applies the update).
+    optimizer: A built Keras optimizer over `task.model.trainable_variables` (a LossScaleOptimizer
+      for float16; its scale is then stepped here, and its inner optimizer applies the update).
     batch: This replica's chunk: inputs [b, T, ...], targets, weights [b, T], reset [b] bool.
     state: Carried state, a nest of float32 [b, ...] tensors.
     counters: NonFiniteCounters, updated when a step is skipped (consecutive resets on a good step).
@@ -126,9 +127,9 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters, cl
 
   local_loss, new_state, grads = forward_backward_fn(task, batch, state, global_weight, loss_scale)
   if replicas > 1:
-    # Sparse (embedding) gradients are reduced as dense tensors: tf.distribute all-gathers IndexedSlices
-    # with collectives inside a cond whose lengths vary per step, and inside the step loop those
-    # collectives can pair up across iterations (shape-mismatch aborts).
+    # Sparse (embedding) gradients are reduced as dense tensors: tf.distribute all-gathers
+    # IndexedSlices with collectives inside a cond whose lengths vary per step, and inside the step
+    # loop those collectives can pair up across iterations (shape-mismatch aborts).
     grads = [tf.convert_to_tensor(g) for g in grads]
   reduced = ctx.all_reduce(SUM, [local_loss] + list(grads))
   loss, grads = reduced[0], [merge_duplicate_rows(g) for g in reduced[1:]]
@@ -188,8 +189,8 @@ def eval_step(task, batch, state):
     state: Carried eval state (flagged rows are reset here).
 
   Returns:
-    (new_state, sums): sums are float64 scalars over this replica's rows: `loss` (sum of weighted loss),
-    `weight` (sum of weights) and whatever `task.eval_sums` adds.
+    (new_state, sums): sums are float64 scalars over this replica's rows: `loss` (sum of weighted
+    loss), `weight` (sum of weights) and whatever `task.eval_sums` adds.
   """
   state = reset_rows(state, batch["reset"])
   predictions, new_state = task.model(batch["inputs"], state, training=False)

@@ -1,10 +1,10 @@
-"""The gin-configurable `Trainer`: builds the optimizer, loops, checkpoints and controller around a Task.
+"""The gin-configurable `Trainer`: optimizer, loops, checkpoints and controller around a Task.
 
   strategy = make_strategy()
   with strategy.scope():
     task = SomeTask(...)
     trainer = Trainer(task=task, model_dir=model_dir, strategy=strategy)
-  metrics = trainer.train()          # resumes from the newest checkpoint, trains to Trainer.train_steps
+  metrics = trainer.train()     # resumes from the newest checkpoint, trains to Trainer.train_steps
   metrics = trainer.evaluate(splits=("valid", "test"))
 """
 
@@ -13,7 +13,6 @@ import os
 import tempfile
 
 import gin
-import keras
 import tensorflow as tf
 from absl import logging
 
@@ -46,9 +45,9 @@ def _positive_int(name: str, value, example: int, allow_none: bool = False):
 class Trainer:
   """Trains a `Task` with truncated backpropagation through time; resumable and distributable.
 
-  Everything a bit-exact resume needs is checkpointed: model, optimizer, global step, the carried train
-  state (all replicas' rows, [B, ...]), the non-finite counters, Keras seed-generator states (dropout
-  masks) and the best eval loss.
+  Everything a bit-exact resume needs is checkpointed: model, optimizer, global step, the carried
+  train state (all replicas' rows, [B, ...]), the non-finite counters, Keras seed-generator states
+  (dropout masks) and the best eval loss.
 
   Args:
     task: The task (model, data, loss, metrics), built inside `strategy.scope()`.
@@ -56,15 +55,18 @@ class Trainer:
     strategy: The strategy the task was built under (default: the current one).
     train_steps: Final global step (steps).
     steps_per_loop: Steps per compiled loop call (steps).
-    clip_norm: Clip the global gradient (all replicas, all variables) to this norm; None: no clipping.
+    clip_norm: Clip the global gradient (all replicas, all variables) to this norm; None: no
+      clipping.
     summary_interval: Train scalars at multiples of this (steps).
     checkpoint_interval: Checkpoint at multiples of this (steps), at the end and on SIGINT/SIGTERM.
     eval_interval: Evaluate the 'valid' split at multiples of this (steps); None: only at the end.
     max_checkpoints: Newest checkpoints kept.
-    seed: Seed for Python, NumPy, TensorFlow and Keras (applied by `make_strategy()` before the model is
-      built; applied here too if it was not).
-    deterministic: Make every op deterministic (a resumed run then repeats an uninterrupted one bitwise).
-    max_nonfinite_steps: Non-finite steps in a row (each skipped) that end training with TrainingError.
+    seed: Seed for Python, NumPy, TensorFlow and Keras (applied by `make_strategy()` before the
+      model is built; applied here too if it was not).
+    deterministic: Make every op deterministic (a resumed run then repeats an uninterrupted one
+      bitwise).
+    max_nonfinite_steps: Non-finite steps in a row (each skipped) that end training with
+      TrainingError.
     optimizer: Optimizer factory, `optimizer(learning_rate=...)`, e.g. `@optimizers.SGD`.
     learning_rate: Base learning rate.
     lr_schedule: Schedule factory (e.g. `@schedules.EpochDecay`); None: constant.
@@ -84,8 +86,9 @@ class Trainer:
                train_steps: int = 1000, steps_per_loop: int = 100, clip_norm: float | None = None,
                summary_interval: int = 100, checkpoint_interval: int = 1000,
                eval_interval: int | None = None, max_checkpoints: int = 3,
-               seed: int = runtime.DEFAULT_SEED, deterministic: bool = runtime.DEFAULT_DETERMINISTIC,
-               max_nonfinite_steps: int = 10, optimizer=optimizers.Adam, learning_rate: float = 1e-3,
+               seed: int = runtime.DEFAULT_SEED,
+               deterministic: bool = runtime.DEFAULT_DETERMINISTIC, max_nonfinite_steps: int = 10,
+               optimizer=optimizers.Adam, learning_rate: float = 1e-3,
                lr_schedule=None, jit_compile: bool = False,
                mixed_precision: str | None = runtime.DEFAULT_MIXED_PRECISION,
                eval_steps: int | None = None, histogram_interval: int | None = 1000,
@@ -100,8 +103,8 @@ class Trainer:
     _positive_int("eval_steps", eval_steps, 100, allow_none=True)
     _positive_int("histogram_interval", histogram_interval, 1000, allow_none=True)
     _positive_int("log_interval", log_interval, 100)
-    if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
-                                  or not math.isfinite(clip_norm) or clip_norm <= 0):
+    number = isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool)
+    if clip_norm is not None and (not number or not math.isfinite(clip_norm) or clip_norm <= 0):
       raise ConfigError(f"Trainer.clip_norm must be a positive number or None, got {clip_norm!r}; "
                         "set --gin_bindings='Trainer.clip_norm=5.0'")
     if not isinstance(jit_compile, bool):
@@ -121,7 +124,8 @@ class Trainer:
     self._chief = distribute.is_chief(self.strategy)
     self._rows = distribute.rows_per_replica(self.strategy, task.global_batch_size,
                                              "Task.global_batch_size")
-    eval_rows = distribute.rows_per_replica(self.strategy, task.eval_batch_size, "Task.eval_batch_size")
+    eval_rows = distribute.rows_per_replica(self.strategy, task.eval_batch_size,
+                                            "Task.eval_batch_size")
     os.makedirs(model_dir, exist_ok=True)
 
     with self.strategy.scope():
@@ -132,8 +136,9 @@ class Trainer:
           total_steps=train_steps, loss_scaling=loss_scaling)
       self.optimizer.build(task.model.trainable_variables)
       self.global_step = self._variable(0, tf.int64, "global_step")
-      self._counters = NonFiniteCounters(total=self._variable(0, tf.int64, "nonfinite_steps"),
-                                         consecutive=self._variable(0, tf.int64, "nonfinite_in_a_row"))
+      self._counters = NonFiniteCounters(
+          total=self._variable(0, tf.int64, "nonfinite_steps"),
+          consecutive=self._variable(0, tf.int64, "nonfinite_in_a_row"))
       self._best_eval_loss = self._variable(math.inf, tf.float32, "best_eval_loss")
       initial = task.initial_state(task.global_batch_size)
       self._state_structure = initial
@@ -156,9 +161,10 @@ class Trainer:
     self._eval_loop = EvalLoop(self.strategy, task, rows=eval_rows, max_batches=eval_steps)
     self.summaries = summaries_lib.Summaries(model_dir, enabled=self._chief)
     self.controller = Controller(
-        runner=self, summaries=self.summaries, train_steps=train_steps, steps_per_loop=steps_per_loop,
-        summary_interval=summary_interval, checkpoint_interval=checkpoint_interval,
-        eval_interval=eval_interval, histogram_interval=histogram_interval, log_interval=log_interval,
+        runner=self, summaries=self.summaries, train_steps=train_steps,
+        steps_per_loop=steps_per_loop, summary_interval=summary_interval,
+        checkpoint_interval=checkpoint_interval, eval_interval=eval_interval,
+        histogram_interval=histogram_interval, log_interval=log_interval,
         max_nonfinite_steps=max_nonfinite_steps, tokens_per_step=task.tokens_per_step)
     self._gradient_fn = None
     # Compiled once: an eager strategy.gather would retrace on every checkpoint.
@@ -166,14 +172,14 @@ class Trainer:
     self._restored = False
     self._state = self._zero_state()
 
-  # -- construction --------------------------------------------------------------------------------------
+  # -- construction --------------------------------------------------------------------------------
 
   def _variable(self, initial, dtype, name):
     return tf.Variable(initial, dtype=dtype, trainable=False, name=name,
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
   def _build_model(self):
-    """Creates the model's variables (under the strategy's scope) with one inference call on chunk 0."""
+    """Creates the model's variables (in the strategy's scope) with an inference call on chunk 0."""
     model = self.task.model
     if not model.built or not model.trainable_variables:
       batch = self.task.train_batch(tf.constant(0, tf.int64), 0, self._rows)
@@ -182,16 +188,16 @@ class Trainer:
       raise ConfigError(f"the task's model {model.name!r} has no trainable variables")
 
   def _check_precision(self, mixed_precision) -> bool:
-    """Checks the model's dtype policy against Trainer.mixed_precision; True if loss scaling is needed."""
+    """Checks the model's dtype policy against Trainer.mixed_precision; True if loss scaling."""
     policy = self.task.model.dtype_policy.name
     if mixed_precision is not None and policy != mixed_precision:
       raise ConfigError(
           f"Trainer.mixed_precision={mixed_precision!r} but the model was built with dtype policy "
-          f"{policy!r}; the policy must be set before the model is built (make_strategy() sets it from "
-          "Trainer.mixed_precision)")
+          f"{policy!r}; the policy must be set before the model is built (make_strategy() sets it "
+          "from Trainer.mixed_precision)")
     return self.task.model.compute_dtype == "float16"
 
-  # -- carried state -------------------------------------------------------------------------------------
+  # -- carried state -------------------------------------------------------------------------------
 
   def _zero_state(self):
     rows = self._rows
@@ -212,7 +218,7 @@ class Trainer:
     """The carried train state of all replicas' rows, a nest of global [B, ...] tensors."""
     return self._gather_fn(self._state)
 
-  # -- public API ----------------------------------------------------------------------------------------
+  # -- public API ----------------------------------------------------------------------------------
 
   @property
   def step(self) -> int:
@@ -220,7 +226,7 @@ class Trainer:
     return int(self.global_step.numpy())
 
   def restore(self) -> int | None:
-    """Restores the newest checkpoint (model, optimizer, step, carried state...); returns its step or None.
+    """Restores the newest checkpoint (model, optimizer, step, state...); returns its step or None.
 
     Raises:
       ConfigError: The checkpoint does not fit the model (its files are left untouched).
@@ -235,10 +241,10 @@ class Trainer:
     return self.step
 
   def train(self, until_step: int | None = None) -> dict:
-    """Restores the newest checkpoint (once per Trainer), then trains to `until_step` or `train_steps`.
+    """Restores the newest checkpoint (once), then trains to `until_step` (default: train_steps).
 
-    Evaluates 'valid' every eval_interval and at the end, checkpoints every checkpoint_interval and at
-    the end.
+    Evaluates 'valid' every eval_interval and at the end, checkpoints every checkpoint_interval and
+    at the end.
 
     Returns:
       {"step": int, "train": {loss, grad_norm, learning_rate, steps_per_sec, tokens_per_sec,
@@ -263,7 +269,7 @@ class Trainer:
     self.restore()
     return self.controller.evaluate(splits, self.step)
 
-  # -- runner interface (driven by the Controller) -------------------------------------------------------
+  # -- runner interface (driven by the Controller) -------------------------------------------------
 
   def train_loop(self, num_steps: int) -> TrainOutputs:
     self._state, outputs = self._train_loop(num_steps, self._state)
@@ -296,10 +302,10 @@ class Trainer:
       summaries_lib.write_operative_config(self.model_dir, self.summaries, step)
 
   def histograms(self) -> dict:
-    """{"weights": {path: value}, "gradients": {path: gradient on the next chunk at the current weights}}.
+    """{"weights": {path: value}, "gradients": {path: gradient of the next chunk at these weights}}.
 
-    The gradient pass draws dropout masks; the model's non-trainable variables (seed-generator states)
-    are put back afterwards, so histograms never change what training does next.
+    The gradient pass draws dropout masks; the model's non-trainable variables (seed-generator
+    states) are put back afterwards, so histograms never change what training does next.
     """
     variables = self.task.model.trainable_variables
     if self._gradient_fn is None:

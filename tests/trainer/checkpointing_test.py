@@ -24,7 +24,8 @@ def digest(directory):
   for root, _, names in os.walk(directory):
     for name in names:
       with open(os.path.join(root, name), "rb") as f:
-        files[os.path.relpath(os.path.join(root, name), directory)] = hashlib.sha256(f.read()).hexdigest()
+        path = os.path.relpath(os.path.join(root, name), directory)
+        files[path] = hashlib.sha256(f.read()).hexdigest()
   return files
 
 
@@ -70,7 +71,8 @@ def test_checkpoint_that_does_not_fit_raises_config_error_and_is_untouched(tmp_p
   checkpointer.save(5)
   before = digest(tmp_path)
   _, other = make(tmp_path, **kwargs)
-  with pytest.raises(ConfigError, match=f"checkpoint {tmp_path}/ckpt-5 does not fit the model: .*{match}"):
+  expected = f"checkpoint {tmp_path}/ckpt-5 does not fit the model: .*{match}"
+  with pytest.raises(ConfigError, match=expected):
     other.restore()
   assert digest(tmp_path) == before
 

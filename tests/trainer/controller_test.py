@@ -1,4 +1,4 @@
-"""Controller cadence with a scripted runner: loop sizes, checkpoint/eval steps, summaries, signals."""
+"""Controller cadence, scripted runner: loop sizes, checkpoint/eval steps, summaries, signals."""
 
 import os
 import signal
@@ -14,11 +14,12 @@ from trainer.summaries import Summaries, read_scalars, read_tags
 
 
 class ScriptedRunner:
-  """Loss of step s is s; a step's nonfinite status is scripted; `on_loop(index)` runs inside a loop."""
+  """Loss of step s is s; non-finite steps are scripted; `on_loop(index)` runs inside each loop."""
 
   def __init__(self, nonfinite=(), on_loop=None):
     self.step = 0
-    self.loops, self.saved, self.evals, self.best, self.configs, self.histogram_steps = [], [], [], [], [], []
+    self.loops, self.saved, self.evals, self.best = [], [], [], []
+    self.configs, self.histogram_steps = [], []
     self._nonfinite = set(nonfinite)
     self._on_loop = on_loop
     self._total = self._in_a_row = 0
@@ -35,7 +36,8 @@ class ScriptedRunner:
       self._in_a_row = self._in_a_row + 1 if bad else 0
       totals.append(self._total)
     self.step += num_steps
-    return TrainOutputs(steps=num_steps, loss=steps.astype(np.float32), grad_norm=np.ones(num_steps),
+    return TrainOutputs(steps=num_steps, loss=steps.astype(np.float32),
+                        grad_norm=np.ones(num_steps),
                         learning_rate=np.full(num_steps, 0.5), weight=np.full(num_steps, 10.0),
                         nonfinite_steps=np.array(totals), consecutive_nonfinite=self._in_a_row,
                         state_rms={"h": 2.0, "c": 3.0})
@@ -83,13 +85,14 @@ def test_loops_end_exactly_on_checkpoint_eval_and_final_steps(tmp_path):
 
 def test_each_summary_step_logs_its_own_step_values(tmp_path):
   runner = ScriptedRunner()
-  make_controller(tmp_path, runner, steps_per_loop=3, checkpoint_interval=100, eval_interval=None).train()
+  make_controller(tmp_path, runner, steps_per_loop=3, checkpoint_interval=100,
+                  eval_interval=None).train()
   train_dir = os.path.join(tmp_path, "train")
   # Loss of step s is s: every multiple of 5 holds exactly its own loss, across loop boundaries.
   assert read_scalars(train_dir, "loss") == {5: 5.0, 10: 10.0, 15: 15.0, 20: 20.0}
   assert set(read_scalars(train_dir, "learning_rate")) == {5, 10, 15, 20}
-  assert {"loss", "grad_norm", "learning_rate", "steps_per_sec", "tokens_per_sec", "nonfinite_steps",
-          "state/h", "state/c", "weights/w"} <= read_tags(train_dir)
+  assert {"loss", "grad_norm", "learning_rate", "steps_per_sec", "tokens_per_sec",
+          "nonfinite_steps", "state/h", "state/c", "weights/w"} <= read_tags(train_dir)
   assert read_scalars(os.path.join(tmp_path, "eval"), "loss") == {23: pytest.approx(100.0 / 23)}
 
 

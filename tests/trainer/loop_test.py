@@ -22,8 +22,8 @@ def make_loop(**task_kwargs):
   optimizer.build(task.model.trainable_variables)
   step = tf.Variable(0, dtype=tf.int64)
   counters = NonFiniteCounters(tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
-  loop = TrainLoop(tf.distribute.get_strategy(), task, optimizer, global_step=step, counters=counters,
-                   rows=ROWS, clip_norm=1.0, max_nonfinite_steps=3)
+  loop = TrainLoop(tf.distribute.get_strategy(), task, optimizer, global_step=step,
+                   counters=counters, rows=ROWS, clip_norm=1.0, max_nonfinite_steps=3)
   return task, loop, step, counters
 
 
@@ -65,7 +65,7 @@ def test_eval_loop_passes_over_the_split_from_zero_state():
   capped = EvalLoop(tf.distribute.get_strategy(), task, rows=ROWS, max_batches=3)
   first = full("valid")
   assert first == full("valid")  # each pass starts from a zero state
-  assert first["weight"] == ROWS * (64 - 3)  # 8 chunks of 8; the first 3 targets of a row are padding
+  assert first["weight"] == ROWS * (64 - 3)  # 8 chunks of 8; a row's first 3 targets are padding
   assert capped("valid")["weight"] == ROWS * (3 * 8 - 3)
   assert first["loss"] > 0 and 0 <= first["correct"] <= first["weight"]
   assert full("train_only_split") is None

@@ -1,4 +1,4 @@
-"""Learning-rate schedules give the documented rates; optimizers and schedules are reachable from gin."""
+"""Schedules give the documented learning rates; optimizers and schedules are reachable from gin."""
 
 import math
 
@@ -20,7 +20,8 @@ def test_constant():
 
 
 def test_epoch_decay_matches_zaremba_small():
-  # lr 1, decay 0.5 after epoch 4, 10 steps per epoch: epochs 1-4 full, epoch 5 halves, epoch 6 quarters.
+  # lr 1, decay 0.5 after epoch 4, 10 steps per epoch: epochs 1-4 full, epoch 5 halves, epoch 6
+  # quarters.
   schedule = optimizers.EpochDecay(1.0, steps_per_epoch=10, decay=0.5, decay_start_epoch=4)
   steps = [0, 9, 39, 40, 49, 50, 99]
   assert rates(schedule, steps) == pytest.approx([1, 1, 1, 0.5, 0.5, 0.25, 0.5**6])
@@ -66,7 +67,8 @@ def test_gin_builds_the_bound_optimizer_and_schedule():
   assert rates(optimizer._learning_rate, [0, 4, 5, 10]) == pytest.approx([0.8, 0.8, 0.2, 0.05])
 
 
-@pytest.mark.parametrize("name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adafactor", "Lion", "Nadam"])
+@pytest.mark.parametrize(
+    "name", ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "Adafactor", "Lion", "Nadam"])
 def test_every_registered_optimizer_builds(name):
   optimizer = optimizers.build_optimizer(gin.get_configurable(f"optimizers.{name}"), 0.01)
   assert isinstance(optimizer, keras.optimizers.Optimizer)

@@ -3,8 +3,8 @@
   python tests/trainer/toy_run.py MODEL_DIR TRAIN_STEPS [SLOW_AFTER]
 
 Deterministic, with dropout, checkpoints every 10 steps, every step's loss in model_dir/train. With
-SLOW_AFTER, each step from that step on also sleeps 0.2 s (a slow input pipeline), which leaves time to
-kill the process between checkpoints.
+SLOW_AFTER, each step from that step on also sleeps 0.2 s (a slow input pipeline), which leaves time
+to kill the process between checkpoints.
 """
 
 import os

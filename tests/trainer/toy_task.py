@@ -1,9 +1,9 @@
-"""A tiny Task for trainer tests: predict the token seen `delay` steps earlier in B independent streams.
+"""A tiny Task for trainer tests: predict the token seen `delay` steps earlier, in B streams.
 
-Each row is one long random integer stream cut into chunks of T tokens; chunk k of a pass is the slice
-[k*T, (k+1)*T) (k = step mod num_chunks) and every row resets at chunk 0. The target at position t is the
-input at t - delay, so with delay > 0 the first `delay` positions of every chunk can only be predicted
-from the state carried over from the previous chunk.
+Each row is one long random integer stream cut into chunks of T tokens; chunk k of a pass is the
+slice [k*T, (k+1)*T) (k = step mod num_chunks) and every row resets at chunk 0. The target at
+position t is the input at t - delay, so with delay > 0 the first `delay` positions of every chunk
+can only be predicted from the state carried over from the previous chunk.
 """
 
 import keras
@@ -15,7 +15,7 @@ from trainer.task import Task
 
 
 class ToyLM(keras.Model):
-  """Embedding -> LSTM -> Dense; `model(tokens [B, T], LSTMState) -> (logits [B, T, V], LSTMState)`."""
+  """Embedding -> LSTM -> Dense: `model(tokens [B, T], state) -> (logits [B, T, V], state)`."""
 
   def __init__(self, vocab: int, units: int, embedding_dim: int, dropout: float = 0.0, **kwargs):
     super().__init__(**kwargs)
@@ -61,7 +61,8 @@ class DelayTask(Task):
     targets[:, self.delay:] = tokens[:, :length - self.delay]
     weights = np.zeros(tokens.shape, np.float32)
     weights[:, self.delay:] = 1.0
-    return {"inputs": tf.constant(tokens), "targets": tf.constant(targets), "weights": tf.constant(weights)}
+    return {"inputs": tf.constant(tokens), "targets": tf.constant(targets),
+            "weights": tf.constant(weights)}
 
   @property
   def model(self):
@@ -76,7 +77,8 @@ class DelayTask(Task):
     return int(self._streams["train"]["inputs"].shape[1]) // self.seq_len
 
   def initial_state(self, batch_size):
-    return LSTMState(h=tf.zeros([batch_size, self._model.units]), c=tf.zeros([batch_size, self._model.units]))
+    zeros = tf.zeros([batch_size, self._model.units])
+    return LSTMState(h=zeros, c=zeros)
 
   def _chunk(self, split, index, row_start, num_rows):
     stream = self._streams[split]

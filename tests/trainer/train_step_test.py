@@ -14,7 +14,8 @@ ROWS = 4
 
 
 def counters():
-  return NonFiniteCounters(total=tf.Variable(0, dtype=tf.int64), consecutive=tf.Variable(0, dtype=tf.int64))
+  return NonFiniteCounters(total=tf.Variable(0, dtype=tf.int64),
+                           consecutive=tf.Variable(0, dtype=tf.int64))
 
 
 def built(task_kwargs=None, learning_rate=1.0):
@@ -100,7 +101,8 @@ def test_reset_rows_start_from_zero_state():
   _, from_zero = task.model(batch["inputs"], zero)
 
   eval_state, _ = eval_step(task, batch, state)
-  new_state, _ = train_step(task, optimizer, batch, state, counters=counters())  # state from old weights
+  # The returned state comes from the weights before the update.
+  new_state, _ = train_step(task, optimizer, batch, state, counters=counters())
   for got in (new_state, eval_state):
     for g, z, s in zip(got, from_zero, from_given):
       np.testing.assert_allclose(np.array(g)[reset], np.array(z)[reset], rtol=1e-6)
@@ -114,6 +116,6 @@ def test_eval_step_sums():
   predictions, _ = task.model(batch["inputs"], task.initial_state(ROWS))
   per_position = np.array(task.loss(batch, predictions))
   weights = np.array(batch["weights"])
-  assert float(sums["weight"]) == weights.sum() == ROWS * (8 - 3)  # the first `delay` targets are padding
+  assert float(sums["weight"]) == weights.sum() == ROWS * (8 - 3)  # the first `delay` are padding
   assert float(sums["loss"]) == pytest.approx(float((per_position * weights).sum()), rel=1e-6)
   assert set(sums) == {"loss", "weight", "correct"}

@@ -23,8 +23,8 @@ from trainer.distribute import make_strategy
 from trainer.errors import ConfigError, TrainingError
 from trainer.summaries import read_scalars, read_tags
 
-TRAIN_TAGS = {"loss", "grad_norm", "learning_rate", "steps_per_sec", "tokens_per_sec", "nonfinite_steps",
-              "state/h", "state/c", "operative_config"}
+TRAIN_TAGS = {"loss", "grad_norm", "learning_rate", "steps_per_sec", "tokens_per_sec",
+              "nonfinite_steps", "state/h", "state/c", "operative_config"}
 QUIET = dict(histogram_interval=None, log_interval=10**6)
 
 GIN_CONFIG = """
@@ -60,7 +60,8 @@ def digest(directory):
   for root, _, names in os.walk(directory):
     for name in names:
       with open(os.path.join(root, name), "rb") as f:
-        out[os.path.relpath(os.path.join(root, name), directory)] = hashlib.sha256(f.read()).hexdigest()
+        path = os.path.relpath(os.path.join(root, name), directory)
+        out[path] = hashlib.sha256(f.read()).hexdigest()
   return out
 
 
@@ -89,16 +90,19 @@ def test_trains_exactly_to_train_steps(run):
 
 def test_checkpoint_files(run):
   names = set(os.listdir(os.path.join(run.model_dir, "checkpoints")))
-  assert {"checkpoint", "ckpt-20.index", "ckpt-25.index", "ckpt-25.data-00000-of-00001", "best"} <= names
+  assert {"checkpoint", "ckpt-20.index", "ckpt-25.index", "ckpt-25.data-00000-of-00001",
+          "best"} <= names
   assert "ckpt-10.index" not in names  # Trainer.max_checkpoints = 2
-  assert any(n.endswith(".index") for n in os.listdir(os.path.join(run.model_dir, "checkpoints", "best")))
+  best = os.listdir(os.path.join(run.model_dir, "checkpoints", "best"))
+  assert any(n.endswith(".index") for n in best)
 
 
 def test_event_files_hold_every_train_and_eval_tag(run):
   train_dir = os.path.join(run.model_dir, "train")
   tags = read_tags(train_dir)
   assert TRAIN_TAGS <= tags
-  assert any(t.startswith("weights/") for t in tags) and any(t.startswith("gradients/") for t in tags)
+  assert any(t.startswith("weights/") for t in tags)
+  assert any(t.startswith("gradients/") for t in tags)
   assert set(read_scalars(train_dir, "loss")) == {5, 10, 15, 20, 25}
   eval_dir = os.path.join(run.model_dir, "eval")
   assert {"loss", "perplexity", "accuracy"} <= read_tags(eval_dir)
@@ -138,7 +142,8 @@ def test_evaluate_restores_and_writes_each_split(run):
 
 @pytest.mark.parametrize("binding, message", [
     ("Trainer.train_steps = -5",
-     "Trainer.train_steps must be a positive integer, got -5; set --gin_bindings='Trainer.train_steps=1000'"),
+     "Trainer.train_steps must be a positive integer, got -5; "
+     "set --gin_bindings='Trainer.train_steps=1000'"),
     ("Trainer.train_steps = 0", "Trainer.train_steps must be a positive integer, got 0"),
     ("Trainer.train_steps = 2.5", "Trainer.train_steps must be a positive integer, got 2.5"),
     ("Trainer.steps_per_loop = 0", "Trainer.steps_per_loop must be a positive integer"),
@@ -150,7 +155,8 @@ def test_evaluate_restores_and_writes_each_split(run):
     ("Trainer.max_checkpoints = 0", "Trainer.max_checkpoints must be a positive integer"),
     ("Trainer.max_nonfinite_steps = 0", "Trainer.max_nonfinite_steps must be a positive integer"),
     ("Trainer.eval_steps = 0", "Trainer.eval_steps must be a positive integer or None"),
-    ("Trainer.histogram_interval = -1", "Trainer.histogram_interval must be a positive integer or None"),
+    ("Trainer.histogram_interval = -1",
+     "Trainer.histogram_interval must be a positive integer or None"),
     ("Trainer.log_interval = 0", "Trainer.log_interval must be a positive integer"),
     ("Trainer.seed = -1", "Trainer.seed must be a non-negative integer"),
     ("Trainer.deterministic = 'yes'", "Trainer.deterministic must be True or False"),
@@ -162,7 +168,8 @@ def test_invalid_gin_values_raise_config_error(tmp_path, binding, message):
   gin.parse_config(binding)
   with pytest.raises(ConfigError) as raised:
     Trainer(task=DelayTask(units=8), model_dir=str(tmp_path))
-  # gin appends "In call to configurable ..." on a line of its own; the launcher prints the first line.
+  # gin appends "In call to configurable ..." on a line of its own; the launcher prints the first
+  # line.
   assert message in str(raised.value).splitlines()[0]
 
 
@@ -170,7 +177,7 @@ def test_batch_that_does_not_split_over_replicas(tmp_path):
   strategy = make_strategy("mirrored", cpu_devices=2)
   with strategy.scope():
     task = DelayTask(batch_size=3, units=8)
-    with pytest.raises(ConfigError, match="Task.global_batch_size is 3, which does not split evenly"):
+    with pytest.raises(ConfigError, match="global_batch_size is 3, which does not split evenly"):
       Trainer(task=task, model_dir=str(tmp_path), strategy=strategy)
 
 
@@ -187,7 +194,8 @@ def carry_runs(tmp_path_factory):
     runtime.seed_everything(0)
     task = DelayTask(carry=carry, delay=2, units=24, stream_len=512, eval_len=128)
     trainer = Trainer(task=task, model_dir=str(tmp_path_factory.mktemp(f"carry{carry}")),
-                      train_steps=300, steps_per_loop=100, learning_rate=0.03, clip_norm=1.0, **QUIET)
+                      train_steps=300, steps_per_loop=100, learning_rate=0.03, clip_norm=1.0,
+                      **QUIET)
     initial = trainer.evaluate_split("valid")["loss"]
     results[carry] = (initial, trainer.train()["valid"]["loss"])
   return results
@@ -200,17 +208,18 @@ def test_toy_loss_halves(carry_runs):
 
 
 def test_carried_state_beats_dropped_state_on_dependencies_across_chunks(carry_runs):
-  # Target t is token t-2: the first 2 of every 8 positions need the state carried from the last chunk.
+  # Target t is token t-2: the first 2 of every 8 positions need the state carried from the last
+  # chunk.
   assert carry_runs[True][1] < carry_runs[False][1] - 0.3
 
 
 def deterministic_run(model_dir, train_steps, steps_per_loop, histogram_interval):
   runtime.seed_everything(11, deterministic=True)
   task = DelayTask(units=8, dropout=0.2)
-  trainer = Trainer(task=task, model_dir=model_dir, train_steps=train_steps, steps_per_loop=steps_per_loop,
-                    summary_interval=1, checkpoint_interval=10, eval_interval=10, seed=11,
-                    deterministic=True, learning_rate=0.01, clip_norm=1.0,
-                    histogram_interval=histogram_interval, log_interval=10**6)
+  trainer = Trainer(task=task, model_dir=model_dir, train_steps=train_steps,
+                    steps_per_loop=steps_per_loop, summary_interval=1, checkpoint_interval=10,
+                    eval_interval=10, seed=11, deterministic=True, learning_rate=0.01,
+                    clip_norm=1.0, histogram_interval=histogram_interval, log_interval=10**6)
   trainer.train()
   return task, trainer
 
@@ -250,7 +259,8 @@ def test_killed_run_resumes_bitwise(tmp_path):
   whole_losses = read_scalars(os.path.join(whole_dir, "train"), "loss")
   resumed_losses = read_scalars(os.path.join(killed_dir, "train"), "loss")
   assert sorted(whole_losses) == list(range(1, 41))
-  assert {s: resumed_losses[s] for s in range(21, 41)} == {s: whole_losses[s] for s in range(21, 41)}
+  after_kill = range(21, 41)
+  assert {s: resumed_losses[s] for s in after_kill} == {s: whole_losses[s] for s in after_kill}
 
 
 def test_mirrored_matches_default(tmp_path):
@@ -261,7 +271,8 @@ def test_mirrored_matches_default(tmp_path):
     with strategy.scope():
       task = DelayTask(units=8)
       trainer = Trainer(task=task, model_dir=str(tmp_path / name), strategy=strategy, train_steps=8,
-                        steps_per_loop=4, summary_interval=1, clip_norm=0.1, learning_rate=0.05, **QUIET)
+                        steps_per_loop=4, summary_interval=1, clip_norm=0.1, learning_rate=0.05,
+                        **QUIET)
     trainer.train()
     losses[name] = read_scalars(str(tmp_path / name / "train"), "loss")
     norms[name] = read_scalars(str(tmp_path / name / "train"), "grad_norm")
@@ -277,7 +288,8 @@ def test_nonfinite_steps_in_a_row_raise_training_error(tmp_path):
   task = DelayTask(units=8, nan_steps=range(3, 100))
   trainer = Trainer(task=task, model_dir=str(tmp_path), train_steps=50, steps_per_loop=10,
                     max_nonfinite_steps=4, summary_interval=1, **QUIET)
-  with pytest.raises(TrainingError, match=r"stopped at step 7: 4 steps in a row .*max_nonfinite_steps=4"):
+  expected = r"stopped at step 7: 4 steps in a row .*max_nonfinite_steps=4"
+  with pytest.raises(TrainingError, match=expected):
     trainer.train()
   assert trainer.step == 7
   assert read_scalars(str(tmp_path / "train"), "nonfinite_steps")[7] == 4
@@ -299,7 +311,8 @@ def test_checkpoint_of_another_model_raises_config_error_and_is_untouched(tmp_pa
           **QUIET).train()
   before = digest(tmp_path / "checkpoints")
   other = Trainer(task=DelayTask(units=12), model_dir=str(tmp_path), train_steps=4, **QUIET)
-  with pytest.raises(ConfigError, match=f"checkpoint {tmp_path}/checkpoints/ckpt-2 does not fit the model"):
+  expected = f"checkpoint {tmp_path}/checkpoints/ckpt-2 does not fit the model"
+  with pytest.raises(ConfigError, match=expected):
     other.train()
   assert digest(tmp_path / "checkpoints") == before
 
@@ -346,7 +359,8 @@ def test_jit_compile_matches_graph_mode(tmp_path):
   for jit in (False, True):
     runtime.seed_everything(2)
     trainer = Trainer(task=DelayTask(units=8), model_dir=str(tmp_path / str(jit)), train_steps=5,
-                      steps_per_loop=5, summary_interval=1, jit_compile=jit, learning_rate=0.01, **QUIET)
+                      steps_per_loop=5, summary_interval=1, jit_compile=jit, learning_rate=0.01,
+                      **QUIET)
     trainer.train()
     losses[jit] = read_scalars(str(tmp_path / str(jit) / "train"), "loss")
   for step, loss in losses[False].items():
