@@ -30,7 +30,7 @@ flags.DEFINE_enum("mode", "train", experiment.MODES, "What to do.")
 FLAGS = flags.FLAGS
 
 
-def _fail(code: int, message: str) -> int:
+def fail(code: int, message: str) -> int:
   # The one line below is all the user should read: TensorFlow's warnings at exit (e.g. about a
   # checkpoint that was only partly read before the error) would bury it.
   logging.getLogger("tensorflow").setLevel(logging.ERROR)
@@ -41,31 +41,31 @@ def _fail(code: int, message: str) -> int:
 
 def main(argv) -> int:
   if len(argv) > 1:
-    return _fail(2, f"unexpected arguments {argv[1:]}; hyperparameters go in --gin_bindings")
+    return fail(2, f"unexpected arguments {argv[1:]}; hyperparameters go in --gin_bindings")
   try:
     gin_files.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     experiment.run_experiment(os.path.abspath(FLAGS.model_dir), FLAGS.mode)
   except ConfigError as e:
-    return _fail(2, e)
+    return fail(2, e)
   except TrainingError as e:
-    return _fail(1, e)
+    return fail(1, e)
   return 0
 
 
-def _parse_flags(argv):
+def parse_flags(argv, require_model_dir: bool = True):
   """Absl's parser, but a bad or missing flag is one line on stderr and exit code 2."""
   try:
     argv = FLAGS(argv)
   except flags.Error as e:
-    sys.exit(_fail(2, f"{e}; see --helpfull"))
-  if FLAGS.model_dir is None:
-    sys.exit(_fail(2, "--model_dir is required, e.g. --model_dir=runs/charlm"))
+    sys.exit(fail(2, f"{e}; see --helpfull"))
+  if require_model_dir and FLAGS.model_dir is None:
+    sys.exit(fail(2, "--model_dir is required, e.g. --model_dir=runs/charlm"))
   return argv
 
 
 def run(argv=None):
   """Console-script entry point (`tbptt`)."""
-  app.run(main, argv=argv, flags_parser=_parse_flags)
+  app.run(main, argv=argv, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""Tests for experiments/demo.py (`make demo`) on a tiny version of the default job."""
+
+import pytest
+from absl import flags
+
+from experiments import demo as demo_lib
+
+TINY = ["TextCorpus.stdlib_bytes = 150000", "TextCorpus.batch_size = 4", "TextCorpus.seq_len = 10",
+        "TextCorpus.eval_batch_size = 4", "LanguageModel.units = 8", "LanguageModel.embedding_dim = 8",
+        "Trainer.train_steps = 4", "Trainer.steps_per_loop = 2", "Trainer.histogram_interval = None",
+        "Trainer.eval_steps = 3", "sample_text.length = 40"]
+
+
+@pytest.mark.slow
+def test_demo_trains_samples_and_resumes(tmp_path, capsys):
+  model_dir = str(tmp_path / "demo")
+  first = demo_lib.demo(model_dir, bindings=TINY)
+  out = capsys.readouterr().out
+  assert first["step"] == 4 and first["sample"].startswith("def ")
+  assert first["sample"] in out
+  assert f"tensorboard --logdir {model_dir}" in out
+  assert f"python -m experiments.main --model_dir={model_dir} --gin_file=charlm.gin" in out
+  assert "bits/char" in out
+
+  # A rerun finds the finished run and only samples again: same step, same (seeded) sample.
+  second = demo_lib.demo(model_dir, bindings=TINY)
+  assert second["step"] == 4 and second["sample"] == first["sample"]
+
+
+def test_demo_command_line_maps_errors_to_exit_codes(tmp_path, capsys):
+  flags.FLAGS.unparse_flags()
+  with pytest.raises(SystemExit) as exit_info:
+    demo_lib.run(["demo", f"--model_dir={tmp_path}", "--gin_bindings=Trainer.train_steps=-1"])
+  assert exit_info.value.code == 2
+  assert capsys.readouterr().err.splitlines() == [
+      "tbptt: error: Trainer.train_steps must be a positive integer, got -1; "
+      "set --gin_bindings='Trainer.train_steps=1000'"]
