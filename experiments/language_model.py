@@ -6,6 +6,7 @@ import gin
 import keras
 import tensorflow as tf
 
+from experiments import sampling
 from experiments.data.corpus import TextCorpus
 from layers import StackedLSTM
 from trainer.task import Task
@@ -123,13 +124,20 @@ class LanguageModelTask(Task):
   Loss: sparse softmax cross-entropy per position (nats). Eval metrics: `loss`, and `bits_per_char`
   (loss / ln 2) at char level or `perplexity` (exp(loss)) at word level.
 
+  After each validation, a text sample (`sample_text` settings, `summary_sample_length` tokens) is
+  written to TensorBoard as `sample`, so the text can be read improving next to the loss curve.
+
   Args:
     model_dir: Where the vocabulary is saved (see `TextCorpus`).
     corpus_fn: Builds the corpus: `corpus_fn(model_dir=...)`.
     model_fn: Builds the model: `model_fn(vocab_size=...)`.
+    summary_sample_length: Tokens of the TensorBoard sample; 0: none.
   """
 
-  def __init__(self, model_dir: str | None = None, *, corpus_fn=TextCorpus, model_fn=LanguageModel):
+  def __init__(self, model_dir: str | None = None, *, corpus_fn=TextCorpus, model_fn=LanguageModel,
+               summary_sample_length: int = 300):
+    self.summary_sample_length = summary_sample_length
+    self._sampler = None
     self.corpus = corpus_fn(model_dir=model_dir)
     self.vocab = self.corpus.vocab
     self._model = model_fn(vocab_size=self.vocab.size)
@@ -177,6 +185,19 @@ class LanguageModelTask(Task):
     if self.vocab.level == "char":
       return {"loss": loss, "bits_per_char": loss / math.log(2)}
     return {"loss": loss, "perplexity": math.exp(min(loss, 700.0))}
+
+  @property
+  def sampler(self) -> sampling.Sampler:
+    """The task's sampler (its sampling loop is traced once and reused)."""
+    if self._sampler is None:
+      self._sampler = sampling.Sampler(self._model)
+    return self._sampler
+
+  def write_eval_summaries(self, step: int) -> None:
+    """Writes a text sample of the current model (indented: TensorBoard shows it as code)."""
+    if self.summary_sample_length > 0:
+      text = sampling.sample_text(self, length=self.summary_sample_length)
+      tf.summary.text("sample", "\n".join("    " + line for line in text.splitlines()), step=step)
 
   @property
   def asset_paths(self) -> list[str]:

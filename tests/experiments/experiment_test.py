@@ -64,7 +64,7 @@ def test_train_writes_the_run_directory(trained):
   assert "TextCorpus.seq_len = 12" in config and "LanguageModel.units = 16" in config
   train_tags = read_tags(str(model_dir / "train"))
   assert {"loss", "grad_norm", "learning_rate", "tokens_per_sec", "operative_config"} <= train_tags
-  assert {"loss", "bits_per_char"} <= read_tags(str(model_dir / "eval"))
+  assert {"loss", "bits_per_char", "sample"} <= read_tags(str(model_dir / "eval"))
 
 
 def test_train_and_eval_reports_both_splits(trained):

@@ -6,8 +6,9 @@ import tensorflow as tf
 
 from experiments.data.corpus import TextCorpus
 from experiments.language_model import LanguageModel, LanguageModelTask
-from experiments.sampling import generate, sample_text
+from experiments.sampling import Sampler, generate, sample_text
 from trainer.errors import ConfigError
+from trainer.summaries import read_tags
 
 
 @pytest.fixture(scope="module")
@@ -62,3 +63,19 @@ def test_bad_settings_are_config_errors(task, kwargs, message):
 def test_needs_a_language_model_task():
   with pytest.raises(ConfigError, match="needs a language-model task, got object"):
     sample_text(object())
+
+
+def test_a_sampler_traces_its_loop_once(task):
+  sampler = Sampler(task.model)
+  a = sampler.generate([1, 2], 5, temperature=0.0).numpy()
+  sampler.generate([3], 9, temperature=1.5, seed=4)
+  assert sampler._loop.experimental_get_tracing_count() == 1
+  np.testing.assert_array_equal(a, generate(task.model, [1, 2], 5, temperature=0.0))
+
+
+def test_eval_summary_sample_is_text(task, tmp_path):
+  writer = tf.summary.create_file_writer(str(tmp_path))
+  with writer.as_default():
+    task.write_eval_summaries(step=3)
+  writer.flush()
+  assert read_tags(str(tmp_path)) == {"sample"}
