@@ -14,7 +14,7 @@ from layers.state import LSTMState
 class _StepInputs(NamedTuple):
   """What the recurrent loop reads at step t (each entry [B, ...], or None)."""
 
-  xz: tf.Tensor
+  xz: tf.Tensor  # The input projection [B, 4u], or the inputs [B, F] when projected in the loop.
   mask: tf.Tensor | None
   zoneout_c: tf.Tensor | None
   zoneout_h: tf.Tensor | None
@@ -26,7 +26,7 @@ def recurrent_loop(step_fn, inputs: _StepInputs, state: LSTMState, output_size: 
   A masked step (mask False) carries the previous state unchanged and emits a zero output row.
 
   Args:
-    step_fn: (xz_t [B, 4u], state, zoneout_t or None) -> (output [B, out], new_state).
+    step_fn: (xz_t, state, zoneout_t or None) -> (output [B, out], new_state).
     inputs: _StepInputs of time-major tensors [T, B, ...]; mask [T, B] bool.
     state: Initial LSTMState.
     output_size: out, for the output TensorArray's element shape.
@@ -35,7 +35,8 @@ def recurrent_loop(step_fn, inputs: _StepInputs, state: LSTMState, output_size: 
   Returns:
     (outputs [T, B, out], final LSTMState).
   """
-  steps = tf.shape(inputs.xz)[0]
+  # A static length lets TensorFlow size the loop's gradient accumulators up front.
+  steps = inputs.xz.shape[0] or tf.shape(inputs.xz)[0]
   present = {k: v for k, v in inputs._asdict().items() if v is not None}
   arrays = {k: tf.TensorArray(v.dtype, size=steps, element_shape=v.shape[1:]).unstack(v)
             for k, v in present.items()}
@@ -63,7 +64,8 @@ class LSTM(StatefulCallLayer):
 
   The time loop is a `tf.while_loop` (eager, `tf.function`, `jit_compile=True`, unknown batch and time
   sizes, `tf.distribute` all work). The input projection of every step is computed before the loop in one
-  matmul; dropout masks are drawn once per call (variational dropout).
+  matmul (unless the inputs are narrower than the cell, where per-step matmuls are cheaper); dropout masks
+  are drawn once per call (variational dropout).
 
   Args:
     units: Cell size u.
@@ -167,13 +169,18 @@ class LSTM(StatefulCallLayer):
       x *= input_mask[None]
     zoneout = cell.zoneout_keep([steps, batch_size], training)
     per_step_zoneout = zoneout is not None and zoneout[0].shape.rank == 3
-    weights = cell.step_weights()
+    # Project all steps' inputs before the loop (one large matmul) unless the inputs are narrower than the
+    # cell: then the [T, B, 4u] projection costs more to store and restack than T small matmuls save.
+    # Layer norm always projects before the loop, so its input statistics stay out of the loop too.
+    hoist = cell.layer_norm or cell.input_dim >= cell.units
+    weights = cell.step_weights(with_input_weights=not hoist)
 
-    def step_fn(xz, state, zoneout_t):
+    def step_fn(x_or_xz, state, zoneout_t):
+      xz = x_or_xz if hoist else tf.matmul(x_or_xz, weights["kernel"]) + weights["bias"]
       return cell.recurrent_step(xz, state, weights, recurrent_mask,
                                  zoneout_t if per_step_zoneout else zoneout)
 
-    loop_inputs = _StepInputs(xz=cell.input_projection(x), mask=mask,
+    loop_inputs = _StepInputs(xz=cell.input_projection(x) if hoist else x, mask=mask,
                               zoneout_c=zoneout[0] if per_step_zoneout else None,
                               zoneout_h=zoneout[1] if per_step_zoneout else None)
     outputs, final_state = recurrent_loop(step_fn, loop_inputs, state, self.output_size,

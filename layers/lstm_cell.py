@@ -227,17 +227,25 @@ class LSTMCell(StatefulCallLayer):
     """
     validation.check_features(self.name, x, self.input_dim)
     x = tf.cast(x, self.compute_dtype)
-    xk = tf.tensordot(x, self._weight(self.kernel), axes=[[x.shape.rank - 1], [0]])
+    kernel = self._weight(self.kernel)
+    xk = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
     if self.layer_norm:
       xk = layer_norm(xk, self._weight(self.input_norm_gamma), self._weight(self.input_norm_beta),
                       self.layer_norm_epsilon)
       xk += self._weight(self.recurrent_norm_beta)
     return xk + self._weight(self.bias)
 
-  def step_weights(self) -> dict:
-    """The weights the recurrent step reads, cast once (outside any time loop)."""
+  def step_weights(self, with_input_weights: bool = False) -> dict:
+    """The weights the recurrent step reads, cast once (outside any time loop).
+
+    Args:
+      with_input_weights: Also return `kernel` and `bias`, for projecting the inputs inside the loop
+        (only valid without layer norm).
+    """
     s = self.state_dtype
     w = {"recurrent_kernel": self._weight(self.recurrent_kernel)}
+    if with_input_weights:
+      w["kernel"], w["bias"] = self._weight(self.kernel), self._weight(self.bias)
     if self.use_peepholes:
       w["peepholes"] = tuple(self._weight(p, s) for p in (self.peephole_i, self.peephole_f,
                                                            self.peephole_o))

@@ -55,6 +55,48 @@ def test_sequence_matches_numpy_reference(variant, compiled):
   np.testing.assert_allclose(final.c, ref_c, **TOL)
 
 
+# Inputs at least as wide as the cell are projected before the time loop, narrower ones inside it: both
+# paths must compute the same function.
+WIDE_F = 2 * U
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_wide_inputs_match_numpy_reference(variant, compiled):
+  lstm = built_lstm(LSTM, U, WIDE_F, **VARIANTS[variant])
+  run = tf.function(lstm) if compiled else lstm
+  x, state = _normal(40, B, T, WIDE_F), _random_state(lstm, 41)
+  outputs, final = run(tf.constant(x), initial_state=state, mask=tf.constant(MASK))
+  ref_out, ref_h, ref_c = numpy_reference.lstm_sequence(
+      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), mask=MASK,
+      **reference_kwargs(lstm.cell))
+  np.testing.assert_allclose(outputs, ref_out, **TOL)
+  np.testing.assert_allclose(final.h, ref_h, **TOL)
+  np.testing.assert_allclose(final.c, ref_c, **TOL)
+
+
+def test_wide_inputs_match_keras_lstm_with_gradients():
+  keras_lstm = keras.layers.LSTM(U, return_sequences=True, return_state=True, use_cudnn=False)
+  keras_lstm(tf.zeros([B, 1, WIDE_F]))
+  randomize_weights(keras_lstm.cell, 42)
+  ours = built_lstm(LSTM, U, WIDE_F)
+  copy_cell_weights(keras_lstm.cell, ours.cell)
+  x = tf.constant(_normal(43, B, T, WIDE_F))
+  with tf.GradientTape(persistent=True) as tape:
+    tape.watch(x)
+    k_out, k_h, k_c = keras_lstm(x)
+    o_out, o_state = ours(x)
+    k_loss = tf.reduce_sum(tf.sin(k_out)) + tf.reduce_sum(k_h * k_c)
+    o_loss = tf.reduce_sum(tf.sin(o_out)) + tf.reduce_sum(o_state.h * o_state.c)
+  np.testing.assert_allclose(o_out, k_out, **TOL)
+  np.testing.assert_allclose(o_state.c, k_c, **TOL)
+  k_grads = tape.gradient(k_loss, [x, keras_lstm.cell.kernel, keras_lstm.cell.recurrent_kernel,
+                                   keras_lstm.cell.bias])
+  o_grads = tape.gradient(o_loss, [x, ours.cell.kernel, ours.cell.recurrent_kernel, ours.cell.bias])
+  for k_grad, o_grad in zip(k_grads, o_grads):
+    np.testing.assert_allclose(o_grad, k_grad, **TOL)
+
+
 def test_masked_sequence_matches_numpy_reference():
   lstm = lstm_of(**VARIANTS["everything"])
   x, state = _normal(12, B, T, F), _random_state(lstm, 13)
