@@ -47,18 +47,28 @@ def check_seed(seed) -> int:
   return seed
 
 
+def check_deterministic(deterministic) -> bool:
+  if not isinstance(deterministic, bool):
+    raise ConfigError(f"Trainer.deterministic must be True or False, got {deterministic!r}")
+  return deterministic
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
   """Seeds Python, NumPy, TensorFlow and Keras; `deterministic` also makes every op deterministic.
 
   Op determinism is process-wide and cannot be turned off again.
   """
   check_seed(seed)
-  if not isinstance(deterministic, bool):
-    raise ConfigError(f"Trainer.deterministic must be True or False, got {deterministic!r}")
+  check_deterministic(deterministic)
   keras.utils.set_random_seed(seed)
   _applied["seed"] = seed
   if deterministic:
-    tf.config.experimental.enable_op_determinism()
+    enable_determinism()
+
+
+def enable_determinism() -> None:
+  """Makes every TensorFlow op deterministic (process-wide; cannot be turned off again)."""
+  tf.config.experimental.enable_op_determinism()
 
 
 def seeded_with() -> int | None:

@@ -110,13 +110,14 @@ class Trainer:
     if not isinstance(jit_compile, bool):
       raise ConfigError(f"Trainer.jit_compile must be True or False, got {jit_compile!r}")
     runtime.check_seed(seed)
+    runtime.check_deterministic(deterministic)
     runtime.check_mixed_precision(mixed_precision)
     if not isinstance(task, Task):
       raise TypeError(f"task must be a trainer.task.Task, got {type(task).__name__}")
     if runtime.seeded_with() != seed:
       runtime.seed_everything(seed, deterministic)
-    elif deterministic:
-      runtime.seed_everything(seed, deterministic)
+    elif deterministic:  # Seeded already (by make_strategy): do not restart the random streams.
+      runtime.enable_determinism()
 
     self.task = task
     self.model_dir = model_dir
