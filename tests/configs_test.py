@@ -1,4 +1,5 @@
-"""Every config in configs/ parses and builds its experiment; bindings reach the objects they name."""
+"""Every config in configs/ parses and builds its experiment; bindings reach the objects they
+name."""
 
 import glob
 import os
@@ -39,7 +40,8 @@ def build(config, bindings, model_dir):
 
 
 def test_the_packaged_configs_are_all_here():
-  assert {"base.gin", "charlm.gin", "ptb_small.gin", "ptb_medium.gin", "ptb_large.gin"} <= set(CONFIGS)
+  expected = {"base.gin", "charlm.gin", "ptb_small.gin", "ptb_medium.gin", "ptb_large.gin"}
+  assert expected <= set(CONFIGS)
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if c != "base.gin"])
@@ -74,7 +76,8 @@ def test_base_config_needs_a_task(tmp_path):
 ])
 def test_ptb_configs_follow_zaremba(config, units, seq_len, dropout, init_scale, clip, decay, start,
                                     ptb_files, tmp_path):
-  # Built at full size except the vocabulary (the tiny text's): the objects carry the paper's settings.
+  # Built at full size except the vocabulary (the tiny text's): the objects carry the paper's
+  # settings.
   _, task, trainer = build(config, ptb_files, tmp_path)
   model = task.model
   assert model.rnn.units == [units, units] and model.embedding_dim == units
@@ -94,9 +97,9 @@ def test_ptb_configs_follow_zaremba(config, units, seq_len, dropout, init_scale,
 
 
 def test_override_binding_reaches_its_object(tmp_path):
-  _, task, trainer = build("charlm.gin", TINY_LM + ["TextCorpus.seq_len = 7", "TextCorpus.batch_size = 6",
-                                                    "LanguageModel.num_proj = 4",
-                                                    "Trainer.learning_rate = 0.0123"], tmp_path)
+  overrides = ["TextCorpus.seq_len = 7", "TextCorpus.batch_size = 6", "LanguageModel.num_proj = 4",
+               "Trainer.learning_rate = 0.0123"]
+  _, task, trainer = build("charlm.gin", TINY_LM + overrides, tmp_path)
   assert task.train_batch(0, 0, 6)["inputs"].shape == (6, 7)
   assert all(layer.cell.num_proj == 4 for layer in task.model.rnn.layers_)
   assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0123)

@@ -6,9 +6,9 @@ from absl import flags
 from experiments import demo as demo_lib
 
 TINY = ["TextCorpus.stdlib_bytes = 150000", "TextCorpus.batch_size = 4", "TextCorpus.seq_len = 10",
-        "TextCorpus.eval_batch_size = 4", "LanguageModel.units = 8", "LanguageModel.embedding_dim = 8",
-        "Trainer.train_steps = 4", "Trainer.steps_per_loop = 2", "Trainer.histogram_interval = None",
-        "Trainer.eval_steps = 3", "sample_text.length = 40"]
+        "TextCorpus.eval_batch_size = 4", "LanguageModel.units = 8",
+        "LanguageModel.embedding_dim = 8", "Trainer.train_steps = 4", "Trainer.steps_per_loop = 2",
+        "Trainer.histogram_interval = None", "Trainer.eval_steps = 3", "sample_text.length = 40"]
 
 
 @pytest.mark.slow

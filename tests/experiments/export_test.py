@@ -1,4 +1,5 @@
-"""Tests for experiments/export.py: the streaming SavedModel reloads and matches the model step for step."""
+"""Tests for experiments/export.py: the streaming SavedModel reloads and matches the model step by
+step."""
 
 import json
 import os

@@ -48,8 +48,8 @@ def test_file_errors_are_one_line_with_file_and_line(tmp_path, text, message):
 
 
 def test_binding_errors_name_the_binding():
-  with pytest.raises(ConfigError, match=r"^--gin_bindings line 2: Configurable 'Trainer' doesn't have "
-                                        r"a parameter named 'speed'"):
+  with pytest.raises(ConfigError, match=r"^--gin_bindings line 2: Configurable 'Trainer' doesn't "
+                                        r"have a parameter named 'speed'"):
     gin_files.parse([], ["Trainer.seed = 1", "Trainer.speed = 2"])
 
 

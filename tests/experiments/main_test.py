@@ -1,4 +1,4 @@
-"""Tests of the launcher (experiments/main.py): exit codes, one-line errors, model_dir left untouched."""
+"""Tests of the launcher (experiments/main.py): exit codes, one-line errors, model_dir untouched."""
 
 import os
 import re
@@ -46,8 +46,8 @@ def corpus_flags(files, train="train", valid="valid"):
 
 
 def base_argv(model_dir, files, **corpus):
-  return ([f"--model_dir={model_dir}", "--gin_file=configs/charlm.gin"] + corpus_flags(files, **corpus)
-          + [f"--gin_bindings={b}" for b in TINY])
+  return ([f"--model_dir={model_dir}", "--gin_file=configs/charlm.gin"]
+          + corpus_flags(files, **corpus) + [f"--gin_bindings={b}" for b in TINY])
 
 
 @pytest.fixture(scope="module")
@@ -82,29 +82,33 @@ BAD_INPUTS = {
     "unknown gin parameter": (lambda f: ["--gin_bindings=TextCorpus.bogus = 1"],
                               "Configurable 'TextCorpus' doesn't have a parameter named 'bogus'"),
     "missing corpus": (lambda f: ["--gin_bindings=TextCorpus.valid_path='/no/such/valid.txt'"],
-                       r"TextCorpus.valid_path='/no/such/valid.txt': no such file; pass --gin_bindings"),
+                       r"TextCorpus.valid_path='/no/such/valid.txt': no such file; pass "
+                       r"--gin_bindings"),
     "empty corpus": (lambda f: [f"--gin_bindings=TextCorpus.valid_path='{f['empty']}'"],
                      r"TextCorpus.valid_path=.*empty.txt' is empty"),
     "too-short corpus": (lambda f: [f"--gin_bindings=TextCorpus.valid_path='{f['short']}'"],
-                         r"the valid text .* has 6 tokens, fewer than one batch needs: batch_size 4 x "
-                         r"\(seq_len 10 \+ 1\) = 44"),
+                         r"the valid text .* has 6 tokens, fewer than one batch needs: "
+                         r"batch_size 4 x \(seq_len 10 \+ 1\) = 44"),
     "zero steps": (lambda f: ["--gin_bindings=Trainer.train_steps = 0"],
                    "Trainer.train_steps must be a positive integer, got 0"),
     "negative steps": (lambda f: ["--gin_bindings=Trainer.steps_per_loop = -5"],
                        "Trainer.steps_per_loop must be a positive integer, got -5"),
     "checkpoint that does not fit": (lambda f: ["--gin_bindings=LanguageModel.units = 12"],
                                      "does not fit the model"),
-    "vocabulary of another corpus": (lambda f: [f"--gin_bindings=TextCorpus.train_path='{f['other']}'"],
-                                     "vocab.json .* was built from another training text"),
+    "vocabulary of another corpus": (
+        lambda f: [f"--gin_bindings=TextCorpus.train_path='{f['other']}'"],
+        "vocab.json .* was built from another training text"),
     "bad layer argument": (lambda f: ["--gin_bindings=LanguageModel.num_layers = 0"],
                            "LanguageModel: num_layers must be a positive integer, got 0"),
-    "unknown flag": (lambda f: ["--learning_rate=0.1"], "Unknown command line flag 'learning_rate'"),
+    "unknown flag": (lambda f: ["--learning_rate=0.1"],
+                     "Unknown command line flag 'learning_rate'"),
     "positional argument": (lambda f: ["train"], "unexpected arguments"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
-def test_bad_input_exits_2_with_one_line_and_leaves_model_dir_alone(case, files, trained_dir, capsys):
+def test_bad_input_exits_2_with_one_line_and_leaves_model_dir_alone(case, files, trained_dir,
+                                                                     capsys):
   extra, message = BAD_INPUTS[case]
   before = snapshot(trained_dir)
   capsys.readouterr()
@@ -131,7 +135,7 @@ def test_missing_model_dir_and_required_paths(files, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_command_line_in_a_subprocess(files, tmp_path):
-  """The real entry point: a train run, then a checkpoint that does not fit (one stderr line, exit 2)."""
+  """The real entry point: a train run, then a checkpoint that does not fit (exit 2, one line)."""
   model_dir = tmp_path / "run"
   argv = [sys.executable, "-m", "experiments.main"] + base_argv(model_dir, files)
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

@@ -1,4 +1,5 @@
-"""Tests for experiments/data/corpus.py: reading splits, the saved vocabulary, the embedded corpus."""
+"""Tests for experiments/data/corpus.py: reading splits, the saved vocabulary, the embedded
+corpus."""
 
 import os
 

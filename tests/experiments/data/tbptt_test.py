@@ -29,8 +29,8 @@ def test_rows_continue_across_chunks_on_real_text(real_ids):
       start = b * length + k * 16
       np.testing.assert_array_equal(chunk["inputs"][b], real_ids[start:start + 16])
     if previous is not None:
-      # Row b of chunk k starts where row b of chunk k-1 stopped: its first input is that chunk's last
-      # target.
+      # Row b of chunk k starts where row b of chunk k-1 stopped: its first input is that chunk's
+      # last target.
       np.testing.assert_array_equal(chunk["inputs"][:, 0], previous["targets"][:, -1])
     previous = chunk
 
