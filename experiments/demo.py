@@ -24,7 +24,7 @@ CONFIG = "charlm.gin"
 
 
 def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
-  """Trains (or resumes) the default job in model_dir, then prints a sample and the next commands."""
+  """Trains (or resumes) the default job in model_dir; prints a sample and the next commands."""
   gin_files.parse([CONFIG, *extra_files], bindings)
   print(f"Training a character-level LSTM on Python source ({CONFIG}) in {model_dir}.\n"
         "Ctrl-C stops after writing a checkpoint; rerun to resume.", flush=True)
@@ -47,7 +47,8 @@ Next:
 
 def main(argv) -> int:
   if len(argv) > 1:
-    return launcher.fail(2, f"unexpected arguments {argv[1:]}; hyperparameters go in --gin_bindings")
+    return launcher.fail(2, f"unexpected arguments {argv[1:]}; "
+                            "hyperparameters go in --gin_bindings")
   try:
     demo(FLAGS.model_dir or DEFAULT_DIR, FLAGS.gin_file, FLAGS.gin_bindings)
   except ConfigError as e:

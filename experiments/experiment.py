@@ -3,10 +3,10 @@
     run_experiment.task_fn = @LanguageModelTask      # or @ForecastTask, any trainer.task.Task
 
 Modes:
-  train            train to Trainer.train_steps (resuming from model_dir), evaluating on its interval.
+  train            train to Trainer.train_steps (resuming from model_dir), evaluating on the way.
   eval             evaluate the latest checkpoint on valid and test.
   train_and_eval   train, then evaluate the final model on valid and test.
-  sample           print text sampled from the latest checkpoint (language models; see `sample_text`).
+  sample           print text sampled from the latest checkpoint (language models: `sample_text`).
   export           write a streaming SavedModel of the latest checkpoint to model_dir/export.
 """
 
@@ -37,8 +37,8 @@ def build(model_dir: str, task_fn):
     ConfigError: the task or Trainer rejects its configuration.
   """
   if task_fn is None:
-    raise ConfigError("run_experiment.task_fn is not set; add --gin_file=charlm.gin (or another config) "
-                      "or --gin_bindings='run_experiment.task_fn=@LanguageModelTask'")
+    raise ConfigError("run_experiment.task_fn is not set; add --gin_file=charlm.gin (or another "
+                      "config) or --gin_bindings='run_experiment.task_fn=@LanguageModelTask'")
   strategy = make_strategy()
   with strategy.scope(), _as_config_errors():
     task = task_fn(model_dir=model_dir)
@@ -48,7 +48,7 @@ def build(model_dir: str, task_fn):
 
 @contextlib.contextmanager
 def _as_config_errors():
-  """Constructor arguments rejected with ValueError (e.g. a layer's `units=0`) are configuration errors."""
+  """Constructor arguments rejected with ValueError (e.g. a layer's `units=0`) are config errors."""
   try:
     yield
   except ConfigError:
@@ -58,7 +58,8 @@ def _as_config_errors():
     # gin appends "In call to configurable 'X'" lines, innermost first: name the configurable.
     where = next((m[1] for m in map(_CONFIGURABLE.search, lines[1:]) if m), None)
     prefix = f"{where}: " if where else ""
-    raise ConfigError(f"{prefix}{lines[0] if lines else type(e).__name__}; fix the gin binding") from None
+    problem = lines[0] if lines else type(e).__name__
+    raise ConfigError(f"{prefix}{problem}; fix the gin binding") from None
 
 
 def _restore(trainer, model_dir: str, mode: str) -> int:
@@ -70,7 +71,8 @@ def _restore(trainer, model_dir: str, mode: str) -> int:
 
 
 def _format(metrics: dict) -> str:
-  return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+  return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                  for k, v in metrics.items())
 
 
 @gin.configurable
@@ -80,7 +82,8 @@ def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict
   Args:
     model_dir: Checkpoints, summaries, the operative config and the task's assets go here.
     mode: One of MODES (see the module docstring).
-    task_fn: Builds the task: `task_fn(model_dir=...)` -> `trainer.task.Task` (gin: `@LanguageModelTask`).
+    task_fn: Builds the task: `task_fn(model_dir=...)` -> `trainer.task.Task` (gin:
+      `@LanguageModelTask`).
 
   Returns:
     What the mode produced: train/eval metrics, {"sample": text} or {"export": path}.

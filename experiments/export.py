@@ -2,7 +2,7 @@
 
 The SavedModel in `model_dir/export` holds two tf.functions with fixed input signatures,
 
-    outputs, state = loaded.step(inputs, state)          # inputs [B, T, ...], state: the task's nest
+    outputs, state = loaded.step(inputs, state)          # inputs [B, T, ...]; the task's state nest
     state = loaded.initial_state(batch_size)             # zeros for batch_size rows
 
 and the same as flat serving signatures (for `saved_model_cli` and serving systems), where the state
@@ -42,7 +42,8 @@ class StreamingModel(tf.Module):
   """The model of a task, with signatures for step-by-step (streaming) inference.
 
   Args:
-    task: A built `trainer.task.Task`; its model is called as `model(inputs, state, training=False)`.
+    task: A built `trainer.task.Task`; its model is called as
+      `model(inputs, state, training=False)`.
   """
 
   def __init__(self, task):
@@ -78,8 +79,8 @@ class StreamingModel(tf.Module):
     self.initial_state = tf.function(task.initial_state, input_signature=[batch_size_spec])
     self.serving_step = tf.function(serving_step,
                                     input_signature=flat_inputs_spec + flat_state_spec)
-    self.serving_initial_state = tf.function(lambda batch_size: flat(task.initial_state(batch_size)),
-                                             input_signature=[batch_size_spec])
+    self.serving_initial_state = tf.function(
+        lambda batch_size: flat(task.initial_state(batch_size)), input_signature=[batch_size_spec])
 
   def signatures(self) -> dict:
     return {"serving_default": self.serving_step.get_concrete_function(),
@@ -87,7 +88,7 @@ class StreamingModel(tf.Module):
 
 
 def export(task, model_dir: str) -> str:
-  """Writes the SavedModel of `task`'s current weights to `model_dir/export`, replacing an older one.
+  """Writes a SavedModel of `task`'s current weights to `model_dir/export` (replacing an old one).
 
   Written to a temporary directory first and renamed, so a crash never leaves a partial export.
 

@@ -1,13 +1,13 @@
 """Finding and parsing gin files, with every gin error turned into a one-line `ConfigError`.
 
 A --gin_file that does not exist relative to the working directory is looked up among the packaged
-configs (the installed `configs` package), so `charlm.gin` and `configs/charlm.gin` work from anywhere;
-`include` statements inside .gin files resolve the same way.
+configs (the installed `configs` package), so `charlm.gin` and `configs/charlm.gin` work from
+anywhere; `include` statements inside .gin files resolve the same way.
 """
 
 import contextlib
 import importlib.resources
-import importlib.util  # noqa: F401  (gin's missing-file path uses importlib.util without importing it)
+import importlib.util  # noqa: F401  (gin's missing-file path uses it without importing it)
 import logging
 import os
 import re
@@ -18,7 +18,8 @@ import gin
 from trainer.errors import ConfigError
 
 _search_path_added = []
-_LOCATION = re.compile(r'In file "(?P<file>[^"]+)", line (?P<line>\d+)|In bindings string line (?P<b>\d+)')
+_LOCATION = re.compile(
+    r'In file "(?P<file>[^"]+)", line (?P<line>\d+)|In bindings string line (?P<b>\d+)')
 
 
 def packaged_configs_dir() -> str:
@@ -39,7 +40,8 @@ def resolve(path: str) -> str:
   if os.path.isfile(packaged):
     return packaged
   available = ", ".join(sorted(f for f in os.listdir(packaged_configs_dir()) if f.endswith(".gin")))
-  raise ConfigError(f"--gin_file={path}: no such file here or among the packaged configs ({available})")
+  raise ConfigError(f"--gin_file={path}: no such file here or among the packaged configs "
+                    f"({available})")
 
 
 def _one_line(error: Exception, source: str) -> str:
@@ -68,7 +70,7 @@ def _gin_errors(source: str):
              f"{getattr(location, 'line_num', None) or e.lineno}")
     detail = [line.strip() for line in str(e.args[0]).splitlines() if line.strip()][-1:] or ["?"]
     raise ConfigError(f"{where}: {detail[0]}; fix the gin syntax") from None
-  except tokenize.TokenError as e:  # An unclosed bracket or string: reported at the end of the file.
+  except tokenize.TokenError as e:  # An unclosed bracket or string: found at the end of the file.
     raise ConfigError(f"{source}: {e.args[0]} (an unclosed bracket or string?)") from None
   except OSError as e:
     raise ConfigError(_one_line(e, source) + "; fix the include path") from None
@@ -80,9 +82,9 @@ def _gin_errors(source: str):
 
 
 def parse(files, bindings) -> None:
-  """Parses gin files (resolved with `resolve`) and then bindings, like
-  `gin.parse_config_files_and_bindings`, with every error raised as a one-line ConfigError naming the
-  file (or binding) and line."""
+  """Parses gin files (resolved with `resolve`), then bindings, as
+  `gin.parse_config_files_and_bindings` does, with every error raised as a one-line ConfigError
+  naming the file (or binding) and line."""
   if not _search_path_added:
     gin.add_config_file_search_path(packaged_configs_dir())
     _search_path_added.append(True)

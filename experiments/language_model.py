@@ -1,4 +1,4 @@
-"""Language modelling with TBPTT: embedding -> stacked LSTM -> softmax, trained on one long stream."""
+"""Language modelling with TBPTT: embedding -> stacked LSTM -> softmax, on one long stream."""
 
 import math
 
@@ -26,8 +26,8 @@ class LanguageModel(keras.Model):
     logits, state = model(inputs [B, T] int, state, training=False)  # logits [B, T, V] float32
 
   state is a tuple of `LSTMState(h, c)`, one per layer (None: zeros). Dropout follows Zaremba et al.
-  (2014): applied to the non-recurrent connections only (embeddings, between layers, before the softmax);
-  `recurrent_dropout` and zoneout act on the recurrent connections inside the cells.
+  (2014): applied to the non-recurrent connections only (embeddings, between layers, before the
+  softmax); `recurrent_dropout` and zoneout act on the recurrent connections inside the cells.
 
   Args:
     vocab_size: V, set by the task from its vocabulary.
@@ -35,8 +35,8 @@ class LanguageModel(keras.Model):
     num_layers: Stacked LSTM layers.
     embedding_dim: Embedding size; defaults to the top layer's output size (num_proj or units).
     dropout: Rate on the non-recurrent connections, in [0, 1).
-    tie_weights: Share the embedding matrix with the softmax (Press & Wolf 2017; Inan et al. 2017); needs
-      embedding_dim equal to the top layer's output size.
+    tie_weights: Share the embedding matrix with the softmax (Press & Wolf 2017; Inan et al. 2017);
+      needs embedding_dim equal to the top layer's output size.
     init_scale: If set, every weight but the biases starts uniform in [-init_scale, init_scale]
       (Zaremba et al.); else Keras's defaults (Glorot / orthogonal).
     residual: Residual connections between layers of equal size.
@@ -171,7 +171,8 @@ class LanguageModelTask(Task):
     return self.corpus.train.chunk_for_step(step, row_start, num_rows)
 
   def loss(self, batch, predictions):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"], logits=predictions)
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"],
+                                                          logits=predictions)
 
   def num_eval_batches(self, split: str) -> int:
     layout = self.corpus.evals.get(split)

@@ -3,8 +3,9 @@ r"""The tbptt launcher: flags name places and modes; every hyperparameter is a g
   python -m experiments.main --model_dir=runs/charlm --gin_file=charlm.gin \
       --gin_bindings='Trainer.train_steps=2000' [--mode=train|eval|train_and_eval|sample|export]
 
-Rerunning a command on a model_dir with checkpoints resumes. Exit codes: 0 done, 2 usage or configuration
-error (one line on stderr), 1 training failure, 130/143 stopped by SIGINT/SIGTERM after a checkpoint.
+Rerunning a command on a model_dir with checkpoints resumes. Exit codes: 0 done, 2 usage or
+configuration error (one line on stderr), 1 training failure, 130/143 stopped by SIGINT/SIGTERM
+after a checkpoint.
 """
 
 import logging
@@ -21,7 +22,8 @@ from absl import flags  # noqa: E402
 from experiments import experiment, gin_files  # noqa: E402
 from trainer.errors import ConfigError, TrainingError  # noqa: E402
 
-flags.DEFINE_string("model_dir", None, "Directory for checkpoints, summaries and the operative config.")
+flags.DEFINE_string("model_dir", None,
+                    "Directory for checkpoints, summaries and the operative config.")
 flags.DEFINE_multi_string("gin_file", [], "Gin config files: a path, or a packaged config such as "
                           "charlm.gin. Later files override earlier ones.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the files, e.g. "

@@ -11,8 +11,8 @@ class Sampler:
   """Generates token ids from a language model, carrying the LSTM state token by token.
 
   The prompt runs as one sequence; sampling runs in a `tf.function` (traced once per sampler) whose
-  loop feeds each sampled token back with the carried state. Draws use stateless random ops seeded by
-  (seed, position), so a given seed always produces the same text.
+  loop feeds each sampled token back with the carried state. Draws use stateless random ops seeded
+  by (seed, position), so a given seed always produces the same text.
 
   Args:
     model: `model(inputs [1, T] int, state) -> (logits [1, T, V], state)` with `initial_state(1)`.
@@ -64,8 +64,8 @@ def sample_text(task, *, prompt: str = "", length: int = 300, temperature: float
 
   Args:
     task: A `LanguageModelTask` (has `.model` and `.vocab`, optionally a reusable `.sampler`).
-    prompt: Text to continue; empty starts as if after a line end. Tokens missing from the vocabulary
-      are read as `<unk>`.
+    prompt: Text to continue; empty starts as if after a line end. Tokens missing from the
+      vocabulary are read as `<unk>`.
     length: Tokens to generate (characters or words).
     temperature: Softmax temperature (> 0), or 0 for greedy decoding.
     seed: Sampling seed.

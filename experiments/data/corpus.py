@@ -1,10 +1,10 @@
-"""Text corpora for language models: files (e.g. Penn Treebank) or the embedded Python-source corpus.
+"""Text corpora for language models: files (e.g. Penn Treebank) or the embedded Python corpus.
 
-The embedded corpus needs no download: it is the Python standard library's own top-level *.py files,
-read from the running interpreter (`sysconfig.get_paths()["stdlib"]`). The files are sorted by name and
-taken in order up to `stdlib_bytes`; file i of that list goes to valid if i % 10 == 9, to test if
-i % 10 == 4, otherwise to train. It depends on the interpreter's version, so compare numbers across runs of
-one interpreter. Select a split of it with the path value 'stdlib'.
+The embedded corpus needs no download: it is the Python standard library's own top-level *.py
+files, read from the running interpreter (`sysconfig.get_paths()["stdlib"]`). The files are sorted
+by name and taken in order up to `stdlib_bytes`; file i of that list goes to valid if i % 10 == 9,
+to test if i % 10 == 4, otherwise to train. It depends on the interpreter's version, so compare
+numbers across runs of one interpreter. Select a split of it with the path value 'stdlib'.
 """
 
 import os
@@ -62,9 +62,9 @@ def _read(split: str, path, max_bytes: int) -> str:
 class TextCorpus:
   """Train/valid/test text as TBPTT streams over one vocabulary.
 
-  The vocabulary is built from the training text and saved as `model_dir/vocab.json`; when that file
-  already exists it is loaded and must equal the one built from the training text (otherwise the ids of
-  a trained model would silently change). Eval tokens missing from it map to `<unk>`.
+  The vocabulary is built from the training text and saved as `model_dir/vocab.json`; when that
+  file already exists it is loaded and must equal the one built from the training text (otherwise
+  the ids of a trained model would silently change). Eval tokens missing from it map to `<unk>`.
 
   Args:
     model_dir: Where the vocabulary lives (None: keep it in memory only).

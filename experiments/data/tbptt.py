@@ -1,13 +1,13 @@
 """The TBPTT layout of one long token stream: B contiguous rows cut into T-long chunks.
 
     ids:      t0 t1 t2 ... t(N-1)
-    streams:  [B, L], L = N // B; row b holds ids[b*L : (b+1)*L] (the tail that does not fit is dropped)
+    streams:  [B, L], L = N // B; row b holds ids[b*L : (b+1)*L] (a tail that does not fit is cut)
     chunk k:  inputs  = streams[:, k*T     : (k+1)*T]
               targets = streams[:, k*T + 1 : (k+1)*T + 1]
 
 so row b of chunk k+1 continues row b of chunk k and the state carried between chunks is exact.
-There are (L - 1) // T chunks per pass. The chunk is selected by a tensor index (a pure function of the
-step), so a resumed run finds its place from the restored step alone.
+There are (L - 1) // T chunks per pass. The chunk is selected by a tensor index (a pure function of
+the step), so a resumed run finds its place from the restored step alone.
 """
 
 import numpy as np
@@ -23,7 +23,7 @@ class StreamLayout:
     ids: int [N] token ids of the whole split.
     batch_size: Rows B.
     seq_len: Chunk length T (tokens).
-    name: What the ids are (for error messages), e.g. "the training text (TextCorpus.train_path=...)".
+    name: What the ids are (for error messages), e.g. "the training text".
 
   Raises:
     ConfigError: if the stream is shorter than one chunk, B * (T + 1) tokens.
@@ -34,8 +34,9 @@ class StreamLayout:
     needed = batch_size * (seq_len + 1)
     if ids.shape[0] < needed:
       raise ConfigError(
-          f"{name} has {ids.shape[0]} tokens, fewer than one batch needs: batch_size {batch_size} x "
-          f"(seq_len {seq_len} + 1) = {needed}; use a longer text or smaller batch_size/seq_len")
+          f"{name} has {ids.shape[0]} tokens, fewer than one batch needs: batch_size "
+          f"{batch_size} x (seq_len {seq_len} + 1) = {needed}; use a longer text or smaller "
+          "batch_size/seq_len")
     self.batch_size = batch_size
     self.seq_len = seq_len
     length = ids.shape[0] // batch_size
@@ -58,8 +59,8 @@ class StreamLayout:
       num_rows: Rows to read (Python int); defaults to all B.
 
     Returns:
-      inputs [b, T] int32, targets [b, T] int32, weights [b, T] float32 (ones), reset [b] bool (True at
-      chunk 0: a new pass over the text starts with a fresh state).
+      inputs [b, T] int32, targets [b, T] int32, weights [b, T] float32 (ones), reset [b] bool (True
+      at chunk 0: a new pass over the text starts with a fresh state).
     """
     num_rows = self.batch_size if num_rows is None else num_rows
     index = tf.cast(index, tf.int32)
@@ -74,6 +75,6 @@ class StreamLayout:
     }
 
   def chunk_for_step(self, step, row_start=0, num_rows: int | None = None) -> dict[str, tf.Tensor]:
-    """The training chunk for a global step: chunk `step mod num_chunks`, so passes repeat forever."""
+    """The training chunk of a global step: chunk `step mod num_chunks` (passes repeat forever)."""
     index = tf.math.floormod(tf.cast(step, tf.int64), self.num_chunks)
     return self.chunk(index, row_start, num_rows)

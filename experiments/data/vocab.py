@@ -1,4 +1,5 @@
-"""Token vocabularies: built from the training text, saved with the model, shared by eval and sampling."""
+"""Token vocabularies: built from the training text, saved with the model, shared by eval and
+sampling."""
 
 import collections
 import json
@@ -19,8 +20,8 @@ def tokenize(text: str, level: str) -> list[str]:
 
   Args:
     text: Raw text.
-    level: 'char' (every character is a token) or 'word' (whitespace-separated words, with `<eos>` at
-      every line end, as in the Penn Treebank language-model setup of Mikolov et al. and Zaremba et al.).
+    level: 'char' (every character is a token) or 'word' (whitespace-separated words, with `<eos>`
+      at every line end, as in the Penn Treebank setup of Mikolov et al. and Zaremba et al.).
 
   Returns:
     The token list.
@@ -80,7 +81,7 @@ class Vocabulary:
     return self.encode(tokenize(text, self.level))
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Text for ids: characters joined as they are; words joined by spaces, `<eos>` as a line end."""
+    """Text for ids: characters joined as they are; words joined by spaces, `<eos>` as line end."""
     tokens = [self.tokens[int(i)] for i in ids]
     if self.level == "char":
       return "".join("\ufffd" if t == UNK else t for t in tokens)
@@ -94,7 +95,7 @@ class Vocabulary:
     return "\n".join(lines + [" ".join(words)])
 
   def save(self, path: str) -> None:
-    """Writes JSON atomically (temporary file + rename), so a crash never leaves half a vocabulary."""
+    """Writes JSON atomically (temporary file + rename): a crash never leaves half a vocabulary."""
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
       json.dump({"level": self.level, "tokens": self.tokens}, f)
