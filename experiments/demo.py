@@ -31,9 +31,13 @@ def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
   start = time.time()
   result = experiment.run_experiment(model_dir, "train")
   minutes = (time.time() - start) / 60
-  valid = result.get("valid", {})
-  quality = f", valid {valid['bits_per_char']:.3f} bits/char" if "bits_per_char" in valid else ""
-  print(f"\nStep {result['step']} after {minutes:.1f} minutes{quality}.\n\nSample:\n", flush=True)
+  valid = result.get("valid")
+  if valid:
+    print(f"\nStep {result['step']} after {minutes:.1f} minutes: valid "
+          f"{valid['bits_per_char']:.3f} bits/char.", flush=True)
+  else:
+    print(f"\nAlready trained to step {result['step']}.", flush=True)
+  print("\nSample:\n", flush=True)
   sample = experiment.run_experiment(model_dir, "sample")
   print(f"""
 Next:

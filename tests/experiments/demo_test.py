@@ -25,6 +25,7 @@ def test_demo_trains_samples_and_resumes(tmp_path, capsys):
   # A rerun finds the finished run and only samples again: same step, same (seeded) sample.
   second = demo_lib.demo(model_dir, bindings=TINY)
   assert second["step"] == 4 and second["sample"] == first["sample"]
+  assert "Already trained to step 4." in capsys.readouterr().out
 
 
 def test_demo_command_line_maps_errors_to_exit_codes(tmp_path, capsys):
