@@ -4,6 +4,7 @@ step."""
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -11,6 +12,8 @@ import tensorflow as tf
 from experiments.data.corpus import TextCorpus
 from experiments.export import export
 from experiments.language_model import LanguageModel, LanguageModelTask
+from layers import LSTM
+from trainer.task import Task
 
 
 @pytest.fixture(scope="module")
@@ -67,3 +70,55 @@ def test_export_replaces_an_older_export(exported):
   open(stale, "w").close()
   export(task, model_dir)
   assert not os.path.exists(stale) and os.path.exists(os.path.join(path, "saved_model.pb"))
+
+
+class _DictInputsModel(keras.Model):
+  """(inputs {"values": [B, T, 2]}, state) -> (outputs [B, T, 3], state): a dict-input stand-in."""
+
+  def __init__(self):
+    super().__init__(name="dict_inputs_model")
+    self.lstm = LSTM(3)
+
+  def call(self, inputs, state=None, training=False):
+    return self.lstm(inputs["values"], initial_state=state, training=training)
+
+
+class _DictInputsTask(Task):
+  def __init__(self):
+    self._model = _DictInputsModel()
+    self._data = tf.random.stateless_normal([2, 7, 2], seed=[1, 2])
+    self._model(self.train_batch(0, 0, 2)["inputs"], self.initial_state(2))
+
+  model = property(lambda self: self._model)
+  global_batch_size = property(lambda self: 2)
+
+  def initial_state(self, batch_size):
+    return self._model.lstm.get_initial_state(batch_size)
+
+  def train_batch(self, step, row_start, num_rows):
+    values = self._data[:num_rows]
+    return {"inputs": {"values": values}, "targets": values, "weights": tf.ones([num_rows, 7]),
+            "reset": tf.ones([num_rows], tf.bool)}
+
+  def loss(self, batch, predictions):
+    return tf.reduce_mean(tf.square(predictions[..., :2] - batch["targets"]), -1)
+
+  def num_eval_batches(self, split):
+    return 0
+
+  def eval_batch(self, split, index, row_start, num_rows):
+    raise AssertionError("no eval splits")
+
+
+def test_dict_inputs_export_by_key(tmp_path):
+  task = _DictInputsTask()
+  loaded = tf.saved_model.load(export(task, str(tmp_path)))
+  signature = loaded.signatures["serving_default"]
+  assert sorted(signature.structured_input_signature[1]) == ["state_0", "state_1", "values"]
+  values = tf.random.stateless_normal([3, 5, 2], seed=[3, 4])
+  expected, expected_state = task.model({"values": values}, task.initial_state(3))
+  result = signature(values=values, **loaded.signatures["initial_state"](batch_size=tf.constant(3)))
+  np.testing.assert_allclose(result["outputs"], expected, rtol=1e-6, atol=1e-6)
+  outputs, state = loaded.step({"values": values}, loaded.initial_state(3))
+  np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(state[1], expected_state.c, rtol=1e-6, atol=1e-6)
