@@ -70,9 +70,12 @@ def _restore(trainer, model_dir: str, mode: str) -> int:
   return step
 
 
-def _format(metrics: dict) -> str:
-  return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                  for k, v in metrics.items())
+def _report(step: int, splits: dict) -> None:
+  """Prints one line per split: `step 600 valid: loss=1.536 bits_per_char=2.216`."""
+  for split, metrics in splits.items():
+    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in metrics.items())
+    print(f"step {step} {split}: {values}", flush=True)
 
 
 @gin.configurable
@@ -103,14 +106,14 @@ def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict
     result = trainer.train()
     if mode == "train_and_eval":
       result["eval"] = trainer.evaluate(splits=EVAL_SPLITS)
-      for split, metrics in result["eval"].items():
-        print(f"{split}: {_format(metrics)}", flush=True)
+      _report(result["step"], result["eval"])
+    elif "valid" in result:
+      _report(result["step"], {"valid": result["valid"]})
     return result
   step = _restore(trainer, model_dir, mode)
   if mode == "eval":
     result = trainer.evaluate(splits=EVAL_SPLITS)
-    for split, metrics in result.items():
-      print(f"step {step} {split}: {_format(metrics)}", flush=True)
+    _report(step, result)
     return result
   if mode == "sample":
     text = sampling.sample_text(task)
