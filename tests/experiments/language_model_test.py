@@ -94,9 +94,14 @@ def test_dropout_only_in_training():
 
 def _task(text_files, level="char", **model_kwargs):
   train, valid = text_files
-  corpus_fn = lambda model_dir: TextCorpus(model_dir, train_path=train, valid_path=valid,
-                                           level=level, batch_size=4, seq_len=6)
-  model_fn = lambda vocab_size: LanguageModel(vocab_size, units=8, num_layers=1, **model_kwargs)
+
+  def corpus_fn(model_dir):
+    return TextCorpus(model_dir, train_path=train, valid_path=valid, level=level, batch_size=4,
+                      seq_len=6)
+
+  def model_fn(vocab_size):
+    return LanguageModel(vocab_size, units=8, num_layers=1, **model_kwargs)
+
   return LanguageModelTask(corpus_fn=corpus_fn, model_fn=model_fn)
 
 
