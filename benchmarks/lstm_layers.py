@@ -17,11 +17,7 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
-import random
-import statistics
 import sys
-import time
 from typing import Callable, NamedTuple
 
 # Run as a script from a checkout: make the repository's packages importable without installing.
@@ -34,6 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks.timing import machine_line, time_interleaved  # noqa: E402
 from layers import LSTM  # noqa: E402
 
 try:
@@ -105,38 +102,6 @@ def candidates(shape: Shape) -> dict[str, Callable[[], float]]:
   return steps
 
 
-def time_interleaved(steps: dict, rounds: int, warmup: int, pause: float = 0.0,
-                     seed: int = 0) -> dict[str, float]:
-  """Median milliseconds per step of each candidate, measured in interleaved rounds."""
-  for step in steps.values():
-    for _ in range(warmup):
-      step()
-  times = {name: [] for name in steps}
-  order = list(steps)
-  rng = random.Random(seed)
-  for _ in range(rounds):
-    rng.shuffle(order)
-    for name in order:
-      # Let the previous candidate's idle worker threads stop spinning: TF's and torch's thread
-      # pools would otherwise compete for the same cores.
-      time.sleep(pause)
-      start = time.perf_counter()
-      steps[name]()  # Returns a Python float, so the step has finished when the clock stops.
-      times[name].append(1e3 * (time.perf_counter() - start))
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def thread_settings() -> str:
   def auto(n):
     return f"{n}" if n else f"auto ({os.cpu_count()} cores)"
@@ -155,7 +120,7 @@ def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
       f"## LSTM training step (forward + backward), median of {rounds} interleaved rounds",
       "",
       f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-      f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)",
+      f"- {machine_line()}",
       f"- threads: {thread_settings()}",
       "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
       f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
@@ -215,7 +180,8 @@ def main(argv=None) -> int:
   results = {}
   for shape in shapes:
     print(f"timing {shape} ...", file=sys.stderr, flush=True)
-    results[shape] = time_interleaved(candidates(shape), rounds, warmup, args.pause)
+    seconds = time_interleaved(candidates(shape), rounds, warmup, args.pause)
+    results[shape] = {name: 1e3 * t for name, t in seconds.items()}
   text, passed = report(results, rounds, args.noise)
   print(text)
   return 1 if args.strict and not passed else 0

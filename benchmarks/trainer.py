@@ -24,12 +24,8 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
-import random
-import statistics
 import sys
 import tempfile
-import time
 from typing import Callable, NamedTuple
 
 _ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -43,6 +39,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
+from benchmarks.timing import machine_line, time_interleaved  # noqa: E402
 from layers import LSTM, LSTMState  # noqa: E402
 from trainer import Trainer, runtime  # noqa: E402
 from trainer.task import Task  # noqa: E402
@@ -195,33 +192,6 @@ def candidates(shape: Shape, steps: int, steps_per_loop: int, directory: str, qu
           "fit/spe": fit_round(shape, steps, steps_per_loop)}
 
 
-def time_interleaved(rounds_fns: dict, rounds: int, seed: int = 0) -> dict[str, float]:
-  """Median seconds per round of each candidate, after one untimed warm-up round each."""
-  for run in rounds_fns.values():
-    run()
-  times = {name: [] for name in rounds_fns}
-  order = list(rounds_fns)
-  rng = random.Random(seed)
-  for _ in range(rounds):
-    rng.shuffle(order)
-    for name in order:
-      start = time.perf_counter()
-      rounds_fns[name]()
-      times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def report(seconds: dict, shape: Shape, steps: int, rounds: int) -> tuple[str, bool]:
   """The Markdown table and target lines; returns (text, every target passed)."""
   tokens = {name: steps * shape.batch * shape.steps / s for name, s in seconds.items()}
@@ -229,7 +199,7 @@ def report(seconds: dict, shape: Shape, steps: int, rounds: int) -> tuple[str, b
       f"## Trainer throughput, {shape}, median of {rounds} interleaved rounds of {steps} steps",
       "",
       f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
-      f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores)",
+      f"- {machine_line()}",
       "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
       f"- TensorFlow {tf.__version__}, Keras {keras.__version__}",
       "",
