@@ -19,13 +19,15 @@ import gin
 from experiments import forecasting  # noqa: F401
 from experiments import language_model  # noqa: F401
 from experiments import export as export_lib
-from experiments import sampling
+from experiments import run_lock, sampling, storage
 from trainer import Trainer
 from trainer import optimizers  # noqa: F401
 from trainer.distribute import make_strategy
 from trainer.errors import ConfigError
 
 MODES = ("train", "eval", "train_and_eval", "sample", "export")
+TRAINING_MODES = ("train", "train_and_eval")  # Write checkpoints: one run per model_dir at a time.
+WRITING_MODES = TRAINING_MODES + ("eval", "export")  # Write something into model_dir.
 EVAL_SPLITS = ("valid", "test")
 _CONFIGURABLE = re.compile(r"In call to configurable '([^']+)'")
 
@@ -92,11 +94,21 @@ def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict
     What the mode produced: train/eval metrics, {"sample": text} or {"export": path}.
 
   Raises:
-    ConfigError: a usage or configuration problem (the launcher exits 2).
+    ConfigError: a usage or configuration problem (the launcher exits 2): also a model_dir that
+      cannot be used or written (full disk, read-only) and one another training run holds.
     TrainingError: training failed (the launcher exits 1).
   """
   if mode not in MODES:
     raise ConfigError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+  storage.check_model_dir(model_dir, writes=mode in WRITING_MODES)
+  locked = mode in TRAINING_MODES and run_lock.is_chief()
+  # The lock comes before anything is written to model_dir: a second run changes nothing.
+  with run_lock.RunLock(model_dir) if locked else contextlib.nullcontext():
+    with storage.write_errors(model_dir):
+      return _run(model_dir, mode, task_fn)
+
+
+def _run(model_dir: str, mode: str, task_fn) -> dict:
   _, task, trainer = build(model_dir, task_fn)
   if mode in ("train", "train_and_eval"):
     trainer.restore()  # Fails on a checkpoint that does not fit before anything is written.
