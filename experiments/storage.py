@@ -27,6 +27,7 @@ _FIXES = {
 # TensorFlow's file system layer reports the same failures as OpErrors carrying strerror's text.
 _TF_MESSAGES = {os.strerror(code): code for code in _FIXES}
 _PATH = re.compile(r"(/[^\s;:'\"]+)")
+_TF_NODE = re.compile(r"\{\{.*?\}\}")  # "{{function_node ..._device_/job:localhost/...}}"
 
 
 def _fix(code: int) -> str:
@@ -122,7 +123,7 @@ def storage_error(error: BaseException, model_dir: str) -> ConfigError | None:
     code = next((c for text, c in _TF_MESSAGES.items() if text in message), None)
     if code is None:
       return None
-    match = _PATH.search(message)
+    match = _PATH.search(_TF_NODE.sub("", message))
     path = match[1] if match else model_dir
   else:
     return None
