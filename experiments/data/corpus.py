@@ -9,6 +9,7 @@ numbers across runs of one interpreter. Select a split of it with the path value
 
 import os
 import pathlib
+import stat
 import sysconfig
 
 import gin
@@ -41,18 +42,45 @@ def read_stdlib(split: str, max_bytes: int) -> str:
                      for p in stdlib_files(split, max_bytes))
 
 
+# A text with more undecodable bytes than this (as a fraction) is not a text file.
+MAX_UNDECODABLE = 0.01
+
+
 def _read(split: str, path, max_bytes: int) -> str:
+  """The text of a split's file; a few bytes that are not UTF-8 become U+FFFD.
+
+  Raises:
+    ConfigError: the path is not a string; the file is missing, a directory, unreadable, empty or
+      whitespace only, or binary (a NUL byte, or more than MAX_UNDECODABLE of it is not UTF-8).
+  """
   binding = f"TextCorpus.{split}_path"
   if path == STDLIB:
     return read_stdlib(split, max_bytes)
+  if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
+    raise ConfigError(f"{binding} must be a file path or '{STDLIB}', got {path!r}; pass "
+                      f"--gin_bindings=\"{binding}='/path/to/{split}.txt'\"")
   try:
-    with open(path, encoding="utf-8", errors="replace") as f:
-      text = f.read()
+    kind = os.stat(path).st_mode
+    if stat.S_ISDIR(kind):
+      raise IsADirectoryError
+    if not stat.S_ISREG(kind):  # A pipe would block, /dev/zero would never end.
+      raise ConfigError(f"{binding}={path!r} is not a regular file; point it at a text file")
+    with open(path, "rb") as f:
+      data = f.read()
   except FileNotFoundError:
     raise ConfigError(f"{binding}={path!r}: no such file; pass "
                       f"--gin_bindings=\"{binding}='/path/to/{split}.txt'\"") from None
+  except IsADirectoryError:
+    raise ConfigError(f"{binding}={path!r} is a directory; point it at a text file in it, e.g. "
+                      f"--gin_bindings=\"{binding}='{os.path.join(path, split)}.txt'\"") from None
   except OSError as e:
-    raise ConfigError(f"{binding}={path!r} cannot be read: {e.strerror}") from None
+    raise ConfigError(f"{binding}={path!r} cannot be read: {e.strerror or e}; check the file and "
+                      "its permissions") from None
+  text = data.decode("utf-8", errors="replace")
+  undecodable = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+  if b"\0" in data or undecodable > MAX_UNDECODABLE * len(data):
+    raise ConfigError(f"{binding}={path!r} is not UTF-8 text (a binary file?); point it at a text "
+                      "file, or convert it with e.g. iconv -t UTF-8")
   if not text.strip():
     raise ConfigError(f"{binding}={path!r} is empty; point it at a text file")
   return text
