@@ -47,7 +47,8 @@ def check_model_dir(model_dir: str, writes: bool) -> None:
   """Raises a one-line ConfigError if `model_dir` cannot hold a run; changes nothing on disk.
 
   Args:
-    model_dir: Absolute path of the run directory (it need not exist yet).
+    model_dir: Path of the run directory, absolute or relative to the working directory (it need not
+      exist yet).
     writes: The mode writes into model_dir (train, eval summaries, export): also check that the
       directory (or, if it does not exist yet, its nearest existing ancestor) can be written and the
       disk is not full.
@@ -56,6 +57,7 @@ def check_model_dir(model_dir: str, writes: bool) -> None:
     ConfigError: model_dir is a file; a parent is a file; the file system is read-only, not writable
       or full.
   """
+  model_dir = os.path.abspath(model_dir)  # A relative path's nearest existing ancestor is the cwd.
   if os.path.lexists(model_dir) and not os.path.isdir(model_dir):
     raise ConfigError(f"--model_dir={model_dir} is a file, not a directory; choose another "
                       "--model_dir")

@@ -248,3 +248,13 @@ def test_a_few_stray_bytes_are_tolerated(corpus, tmp_path):
   text = lt.TEXT.encode() + b"caf\xe9\n"  # One Latin-1 byte in a UTF-8 text.
   valid = _write(tmp_path / "valid.txt", text)
   assert lt.launch(lt.argv(tmp_path / "run", corpus[0], valid))[0] == 0
+
+
+def test_relative_model_dir_whose_parents_do_not_exist_yet(tmp_path, monkeypatch):
+  # `make demo` passes runs/demo from a fresh clone, where runs/ does not exist.
+  monkeypatch.chdir(tmp_path)
+  storage.check_model_dir(os.path.join("runs", "demo"), writes=True)
+  assert not os.path.exists(tmp_path / "runs")  # Checking changes nothing on disk.
+  (tmp_path / "runs").write_text("")
+  with pytest.raises(ConfigError, match="is a file"):
+    storage.check_model_dir(os.path.join("runs", "demo"), writes=True)
