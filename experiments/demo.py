@@ -8,6 +8,8 @@ only prints a new sample.
 """
 
 import functools
+import os
+import sys
 import time
 
 from experiments import main as launcher  # Quiets TensorFlow's import; defines the shared flags.
@@ -21,6 +23,18 @@ from trainer.errors import ConfigError, TrainingError  # noqa: E402
 FLAGS = flags.FLAGS
 DEFAULT_DIR = "runs/demo"
 CONFIG = "charlm.gin"
+
+
+def _command(name: str, fallback: str) -> str:
+  """How to call a program of this interpreter's environment (e.g. `.venv/bin/tensorboard`).
+
+  After `make demo` nothing is on PATH: the commands printed must name the virtualenv's programs.
+  """
+  path = os.path.join(os.path.dirname(sys.executable), name)
+  if not os.path.exists(path):
+    return fallback
+  relative = os.path.relpath(path)
+  return relative if not relative.startswith("..") else path
 
 
 def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
@@ -39,13 +53,16 @@ def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
     print(f"\nAlready trained to step {result['step']}.", flush=True)
   print("\nSample:\n", flush=True)
   sample = experiment.run_experiment(model_dir, "sample")
+  python = _command(os.path.basename(sys.executable), sys.executable)
+  tensorboard = _command("tensorboard", f"{python} -m tensorboard.main")
+  tbptt = _command("tbptt", f"{python} -m experiments.main")
   print(f"""
 Next:
-  tensorboard --logdir {model_dir}                  # curves, histograms, the operative config
-  python -m experiments.main --model_dir={model_dir} --gin_file={CONFIG} \\
-      --gin_bindings='Trainer.train_steps=5000'      # resume and train further
-  python -m experiments.main --model_dir={model_dir} --gin_file={CONFIG} --mode=sample \\
-      --gin_bindings="sample_text.prompt='class '"   # more samples""", flush=True)
+  {tensorboard} --logdir {model_dir}     # curves, histograms, the operative config
+  {tbptt} --model_dir={model_dir} --gin_file={CONFIG} \\
+      --gin_bindings='Trainer.train_steps=5000'     # resume and train further
+  {tbptt} --model_dir={model_dir} --gin_file={CONFIG} --mode=sample \\
+      --gin_bindings="sample_text.prompt='class '"  # more samples""", flush=True)
   return {**result, "sample": sample["sample"], "minutes": minutes}
 
 

@@ -1,5 +1,8 @@
 """Tests for experiments/demo.py (`make demo`) on a tiny version of the default job."""
 
+import os
+import shutil
+
 import pytest
 from absl import flags
 
@@ -18,8 +21,14 @@ def test_demo_trains_samples_and_resumes(tmp_path, capsys):
   out = capsys.readouterr().out
   assert first["step"] == 4 and first["sample"].startswith("def ")
   assert first["sample"] in out
-  assert f"tensorboard --logdir {model_dir}" in out
-  assert f"python -m experiments.main --model_dir={model_dir} --gin_file=charlm.gin" in out
+  next_steps = out.split("Next:", 1)[1]
+  assert f"--logdir {model_dir}" in next_steps
+  assert (f"tbptt --model_dir={model_dir} --gin_file=charlm.gin" in next_steps or
+          f"-m experiments.main --model_dir={model_dir} --gin_file=charlm.gin" in next_steps)
+  # After `make demo` nothing is on PATH: each printed program must exist where the line says.
+  programs = {line.split()[0] for line in next_steps.splitlines()
+              if line.strip() and not line.startswith("      ")}
+  assert programs and all(shutil.which(p) or os.path.exists(p) for p in programs), programs
   assert "bits/char" in out
 
   # A rerun finds the finished run and only samples again: same step, same (seeded) sample.
