@@ -14,6 +14,7 @@ import contextlib
 import re
 
 import gin
+import tensorflow as tf
 
 # Imported for their gin registrations: every configurable a .gin file may name.
 from experiments import forecasting  # noqa: F401
@@ -30,6 +31,10 @@ TRAINING_MODES = ("train", "train_and_eval")  # Write checkpoints: one run per m
 WRITING_MODES = TRAINING_MODES + ("eval", "export")  # Write something into model_dir.
 EVAL_SPLITS = ("valid", "test")
 _CONFIGURABLE = re.compile(r"In call to configurable '([^']+)'")
+_UNBOUND_MACRO = "macro() missing 1 required positional argument"
+_KERAS_CALL = "Exception encountered when calling"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_OOM = re.compile(r"OOM when allocating tensor with shape\s*\[[^\]]*\](?: and type \w+)?")
 
 
 def build(model_dir: str, task_fn):
@@ -41,7 +46,8 @@ def build(model_dir: str, task_fn):
   if task_fn is None:
     raise ConfigError("run_experiment.task_fn is not set; add --gin_file=charlm.gin (or another "
                       "config) or --gin_bindings='run_experiment.task_fn=@LanguageModelTask'")
-  strategy = make_strategy()
+  with _as_config_errors():
+    strategy = make_strategy()
   with strategy.scope(), _as_config_errors():
     task = task_fn(model_dir=model_dir)
     trainer = Trainer(task=task, model_dir=model_dir, strategy=strategy)
@@ -50,18 +56,49 @@ def build(model_dir: str, task_fn):
 
 @contextlib.contextmanager
 def _as_config_errors():
-  """Constructor arguments rejected with ValueError (e.g. a layer's `units=0`) are config errors."""
+  """Arguments rejected with ValueError (e.g. a layer's `units=0`) are config errors, and so are
+  TypeErrors raised in a gin configurable's call (a value of the wrong type, an unbound macro)."""
   try:
     yield
   except ConfigError:
     raise
-  except ValueError as e:
+  except (ValueError, TypeError) as e:
     lines = str(e).splitlines()
     # gin appends "In call to configurable 'X'" lines, innermost first: name the configurable.
-    where = next((m[1] for m in map(_CONFIGURABLE.search, lines[1:]) if m), None)
-    prefix = f"{where}: " if where else ""
-    problem = lines[0] if lines else type(e).__name__
+    names = [m[1] for m in map(_CONFIGURABLE.search, lines[1:]) if m]
+    if isinstance(e, TypeError) and not names:
+      raise  # Not raised through gin: a bug, not a configuration problem.
+    problem = _problem(lines) or type(e).__name__
+    if _UNBOUND_MACRO in problem:  # gin calls a macro without a value: name what uses it.
+      names = [name for name in names if name != "macro"]
+      problem = "a %MACRO in its bindings has no value; bind it (e.g. --gin_bindings='NAME = 3')"
+    prefix = f"{names[0]}: " if names else ""
     raise ConfigError(f"{prefix}{problem}; fix the gin binding") from None
+
+
+def _problem(lines: list[str]) -> str:
+  """The line of an error message that says what is wrong."""
+  lines = [_ANSI.sub("", line).strip() for line in lines]
+  if lines and lines[0].startswith(_KERAS_CALL):
+    # Keras wraps errors raised in call(): its first line only says where, the next one what.
+    where = lines[0][len(_KERAS_CALL):].strip().rstrip(".")
+    what = next((line for line in lines[1:] if line), "").rstrip(".")
+    return f"{what} (in {where})" if what else lines[0]
+  return lines[0] if lines else ""
+
+
+@contextlib.contextmanager
+def _out_of_memory_as_config_errors():
+  """A model or batch too large for the machine's memory is a configuration error."""
+  try:
+    yield
+  except (tf.errors.ResourceExhaustedError, MemoryError) as e:
+    match = _OOM.search(str(e))
+    if isinstance(e, tf.errors.ResourceExhaustedError) and match is None:
+      raise
+    what = match[0] if match else "MemoryError"
+    raise ConfigError(f"out of memory ({what}); make the model or the batch smaller (e.g. "
+                      "LanguageModel.units, TextCorpus.batch_size)") from None
 
 
 def _restore(trainer, model_dir: str, mode: str) -> int:
@@ -104,7 +141,7 @@ def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict
   locked = mode in TRAINING_MODES and run_lock.is_chief()
   # The lock comes before anything is written to model_dir: a second run changes nothing.
   with run_lock.RunLock(model_dir) if locked else contextlib.nullcontext():
-    with storage.write_errors(model_dir):
+    with _out_of_memory_as_config_errors(), storage.write_errors(model_dir):
       return _run(model_dir, mode, task_fn)
 
 

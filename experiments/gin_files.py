@@ -74,6 +74,8 @@ def _gin_errors(source: str):
     raise ConfigError(f"{source}: {e.args[0]} (an unclosed bracket or string?)") from None
   except OSError as e:
     raise ConfigError(_one_line(e, source) + "; fix the include path") from None
+  except ImportError as e:  # An `import` statement naming a module that is not installed.
+    raise ConfigError(_one_line(e, source) + "; install it or remove the import") from None
   except (ValueError, NameError, AttributeError, TypeError) as e:
     raise ConfigError(_one_line(e, source) + "; check the spelling (a run's operative_config.gin "
                       "lists every parameter)") from None
