@@ -8,6 +8,10 @@ The controller never touches the model. It drives a runner (the Trainer) through
   runner.save_checkpoint(step); runner.save_best(step, eval_loss)
   runner.histograms() -> dict                     weight and gradient tensors for histograms
   runner.write_operative_config(step)
+  runner.request_stop(signum)                     (any thread) end the running loop after a step
+  runner.rollbacks -> int; runner.rollback() -> (step, learning_rate_factor)
+                                                  restore the newest checkpoint without skipped
+                                                  steps, with a lower learning rate
 """
 
 import datetime
@@ -37,10 +41,19 @@ class Runner(Protocol):
   def save_best(self, step: int, eval_loss: float) -> None: ...
   def histograms(self) -> dict: ...
   def write_operative_config(self, step: int) -> None: ...
+  def request_stop(self, signum: int) -> None: ...
+  rollbacks: int
+  def rollback(self) -> tuple[int, float]: ...
+
+
+NONFINITE_POLICIES = ("stop", "rollback")
 
 
 class TrainingInterrupted(SystemExit):
-  """SIGINT/SIGTERM stopped training after a checkpoint; exits with 130 (SIGINT) / 143 (SIGTERM)."""
+  """SIGINT/SIGTERM stopped training after a checkpoint; exits with 130 (SIGINT) / 143 (SIGTERM).
+
+  Under multi-worker training a worker that was not signalled stops with its peers, with 143.
+  """
 
   def __init__(self, signum: int, step: int):
     super().__init__(128 + signum)
@@ -54,32 +67,72 @@ def eval_writer_name(split: str) -> str:
 
 
 class _StopSignals:
-  """While active: the first SIGINT/SIGTERM asks for a clean stop; a second one exits at once."""
+  """While active: the first SIGINT/SIGTERM asks for a clean stop; a second one exits at once.
 
-  def __init__(self):
+  The signals are read by a thread from a wakeup fd (`signal.set_wakeup_fd`), not by a Python
+  handler: Python runs handlers only when the main thread is back in the interpreter, which it is
+  not while a compiled loop or a checkpoint write runs. The thread calls `on_stop(signum)` on the
+  first signal (the Trainer sets the variable its loop reads before every step) and `os._exit`s
+  on the second, even in the middle of a save: the `checkpoint` state file still names the previous
+  complete checkpoint, which the next start restores.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self, on_stop=None):
     self.signum = None
+    self._on_stop = on_stop
     self._previous = {}
+    self._previous_fd = None
+    self._pipe = None
+    self._thread = None
 
   def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for signum in (signal.SIGINT, signal.SIGTERM):
-        self._previous[signum] = signal.signal(signum, self._handle)
+    if threading.current_thread() is not threading.main_thread():
+      return self  # Signals are delivered to the main thread's handlers only.
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)  # set_wakeup_fd requires it; a full pipe drops bytes.
+    self._pipe = (read_fd, write_fd)
+    for signum in self.SIGNALS:
+      # The C-level handler writes the byte; the Python one only has to exist (and do nothing).
+      self._previous[signum] = signal.signal(signum, lambda *_: None)
+    self._previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    self._thread = threading.Thread(target=self._watch, name="stop-signals", daemon=True)
+    self._thread.start()
     return self
 
   def __exit__(self, *exc):
+    if self._pipe is None:
+      return
+    signal.set_wakeup_fd(self._previous_fd)
     for signum, handler in self._previous.items():
       signal.signal(signum, handler)
     self._previous = {}
+    os.close(self._pipe[1])  # The watcher's read returns b"" and it ends.
+    self._thread.join()
+    os.close(self._pipe[0])
+    self._pipe = None
 
-  def _handle(self, signum, frame):
-    del frame
+  def _watch(self):
+    while True:
+      data = os.read(self._pipe[0], 64)
+      if not data:
+        return
+      for signum in data:
+        if signum in self.SIGNALS:
+          self._handle(signum)
+
+  def _handle(self, signum):
+    name = signal.Signals(signum).name
     if self.signum is not None:
-      print(f"\nSecond {signal.Signals(signum).name}: exiting now, without a checkpoint.",
-            file=sys.stderr, flush=True)
+      print(f"\nSecond {name}: exiting now, without a checkpoint (the last complete one stays "
+            "usable).", file=sys.stderr, flush=True)
       os._exit(128 + signum)
     self.signum = signum
-    print(f"\n{signal.Signals(signum).name}: stopping after the current loop (send it again to "
-          "exit at once).", file=sys.stderr, flush=True)
+    print(f"\n{name}: stopping after the current step (send it again to exit at once).",
+          file=sys.stderr, flush=True)
+    if self._on_stop is not None:
+      self._on_stop(signum)
 
 
 class Controller:
@@ -99,14 +152,21 @@ class Controller:
     histogram_interval: Weight and gradient histograms at the first loop end past each multiple
       (None: off).
     log_interval: Progress line at the first loop end past each multiple.
-    max_nonfinite_steps: Skipped steps in a row that end training with TrainingError.
+    max_nonfinite_steps: Skipped steps in a row that end training with TrainingError ('stop'), or
+      that trigger a rollback ('rollback').
     tokens_per_step: Target positions per global step for tokens/s (None: the weight sums).
+    nonfinite_policy: 'stop' or 'rollback' (`runner.rollback()`, at most `max_rollbacks` times).
+    max_rollbacks: Rollbacks (counted by the runner, across resumes) before training fails.
+    local_stop: Whether a signal may also end training between loops (e.g. during an eval). False
+      under multi-worker training: the workers must stop after the same step, which only the
+      loop's all-reduced stop request guarantees.
   """
 
   def __init__(self, *, runner: Runner, summaries: Summaries, train_steps: int, steps_per_loop: int,
                summary_interval: int, checkpoint_interval: int, eval_interval: int | None,
                histogram_interval: int | None, log_interval: int, max_nonfinite_steps: int,
-               tokens_per_step: int | None = None):
+               tokens_per_step: int | None = None, nonfinite_policy: str = "stop",
+               max_rollbacks: int = 0, local_stop: bool = True):
     self._runner = runner
     self._summaries = summaries
     self.train_steps = train_steps
@@ -118,6 +178,9 @@ class Controller:
     self._log_interval = log_interval
     self._max_nonfinite = max_nonfinite_steps
     self._tokens_per_step = tokens_per_step
+    self._nonfinite_policy = nonfinite_policy
+    self._max_rollbacks = max_rollbacks
+    self._local_stop = local_stop
     self._tty = sys.stdout.isatty()
     self._bar_open = False
     self._logged = 0
@@ -152,7 +215,7 @@ class Controller:
     logging.info("Training from step %d to %d.", step, until)
     self._logged = step // self._log_interval
     start_time, start_step = time.perf_counter(), step
-    with _StopSignals() as stop:
+    with _StopSignals(on_stop=getattr(self._runner, "request_stop", None)) as stop:
       while step < until:
         size = self._loop_size(step, until)
         begin = time.perf_counter()
@@ -165,29 +228,56 @@ class Controller:
         if self._crossed(previous, step, self._histogram_interval):
           self._summaries.histograms("train", step, self._runner.histograms())
         if outputs.consecutive_nonfinite >= self._max_nonfinite:
-          self._summaries.flush()
-          limit = self._max_nonfinite
-          raise TrainingError(
-              f"training stopped at step {step}: {limit} steps in a row had a non-finite loss or "
-              f"gradient and were skipped (Trainer.max_nonfinite_steps={limit}); lower the "
-              "learning rate or set Trainer.clip_norm, then resume from the last checkpoint")
+          step = self._recover(step)
+          start_time, start_step = time.perf_counter(), step
+          continue
         self._progress(step, until, result["train"], start_step, start_time)
         done = step >= until
+        stopping = outputs.stopped or (self._local_stop and stop.signum is not None)
         if done or (self._eval_interval and step % self._eval_interval == 0):
           valid = self._evaluate_split(EVAL_SPLIT, step)
           if valid is not None:
             result[EVAL_SPLIT] = valid
             self._runner.save_best(step, valid["loss"])
-        if done or step % self._checkpoint_interval == 0 or stop.signum is not None:
+        if done or step % self._checkpoint_interval == 0 or stopping:
           self._runner.save_checkpoint(step)
           self._summaries.flush()
-        if stop.signum is not None and not done:
+        if stopping and not done:
           self._end_progress_bar()
-          print(f"Stopped at step {step}; rerun the same command to resume.", flush=True)
-          raise TrainingInterrupted(stop.signum, step)
+          if stop.signum is None:
+            print(f"Stopped at step {step} with the other workers (one of them was signalled); "
+                  "rerun the same command to resume.", flush=True)
+          else:
+            print(f"Stopped at step {step}; rerun the same command to resume.", flush=True)
+          raise TrainingInterrupted(stop.signum or signal.SIGTERM, step)
     self._end_progress_bar()
     self._summaries.flush()
     return result
+
+  def _recover(self, step: int) -> int:
+    """After `max_nonfinite_steps` skipped steps in a row: roll back, or raise TrainingError."""
+    self._summaries.flush()
+    self._end_progress_bar()
+    limit = self._max_nonfinite
+    what = (f"{limit} steps in a row had a non-finite loss or gradient and were skipped "
+            f"(Trainer.max_nonfinite_steps={limit})")
+    if self._nonfinite_policy != "rollback":
+      raise TrainingError(
+          f"training stopped at step {step}: {what}; lower the learning rate, set "
+          "Trainer.clip_norm or Trainer.nonfinite_policy='rollback', then resume from the last "
+          "checkpoint")
+    done = self._runner.rollbacks
+    if done >= self._max_rollbacks:
+      raise TrainingError(
+          f"training stopped at step {step}: {what}, after {done} rollbacks "
+          f"(Trainer.max_rollbacks={self._max_rollbacks}); lower Trainer.learning_rate or set "
+          "Trainer.clip_norm, then resume from the last checkpoint")
+    restored, factor = self._runner.rollback()
+    logging.warning("Step %d: %s; rolled back to the checkpoint of step %d with the learning rate "
+                    "scaled by %g (rollback %d of at most %d).", step, what, restored, factor,
+                    done + 1, self._max_rollbacks)
+    self._logged = restored // self._log_interval
+    return restored
 
   @staticmethod
   def _crossed(previous: int, step: int, interval: int | None) -> bool:

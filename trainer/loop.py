@@ -26,6 +26,18 @@ class TrainOutputs(NamedTuple):
   nonfinite_steps: np.ndarray  # [steps] running total of skipped steps after each step
   consecutive_nonfinite: int  # skipped steps in a row at the end of the loop
   state_rms: dict[str, float]  # RMS of each carried state tensor after the last step
+  stopped: bool = False        # the loop ended early because some process asked to stop
+
+
+class NonFiniteInjection(NamedTuple):
+  """Test/debug hook: make the loss of some steps non-finite (NaN weights) to exercise recovery.
+
+  A listed step is poisoned only the first time this process takes it (a transient fault), so a
+  rollback that replays it trains through.
+  """
+
+  steps: tf.Tensor              # int64 [n] global steps to poison
+  first_untaken: tf.Variable    # int64 scalar: the first step this process has not taken yet
 
 
 def state_paths(structure) -> list[str]:
@@ -58,11 +70,17 @@ class TrainLoop:
     clip_norm: Global-norm clip (None: off).
     max_nonfinite_steps: Stop the loop early once this many steps in a row were skipped.
     jit_compile: Compile each replica's forward and backward pass with XLA.
+    stop_request: Optional float32 scalar variable, set > 0 (from any thread) to ask for a stop:
+      read in every step after the backward pass and all-reduced with the gradients, so every
+      replica of every worker ends the loop after the same step.
+    injection: Optional `NonFiniteInjection` (test/debug hook).
   """
 
   def __init__(self, strategy, task, optimizer, *, global_step: tf.Variable,
                counters: NonFiniteCounters, rows: int, clip_norm: float | None,
-               max_nonfinite_steps: int, jit_compile: bool = False):
+               max_nonfinite_steps: int, jit_compile: bool = False,
+               stop_request: tf.Variable | None = None,
+               injection: NonFiniteInjection | None = None):
     self._strategy = strategy
     self._task = task
     self._optimizer = optimizer
@@ -71,17 +89,25 @@ class TrainLoop:
     self._rows = rows
     self._clip_norm = clip_norm
     self._max_nonfinite = max_nonfinite_steps
+    self._stop_request = stop_request
+    self._injection = injection
     self._forward_backward = (tf.function(forward_backward, jit_compile=True) if jit_compile
                               else forward_backward)
     self._paths = None
     self._loop = tf.function(self._run)
 
-  def _replica_step(self, step, state):
+  def _replica_step(self, step, state, poison=None):
     ctx = tf.distribute.get_replica_context()
     row_start = ctx.replica_id_in_sync_group * self._rows
     batch = self._task.train_batch(step, row_start, self._rows)
+    if poison is not None:
+      batch = dict(batch)
+      weights = batch["weights"]
+      batch["weights"] = weights * tf.where(poison, tf.constant(np.nan, weights.dtype),
+                                            tf.constant(1, weights.dtype))
     return train_step(self._task, self._optimizer, batch, state, counters=self._counters,
-                      clip_norm=self._clip_norm, forward_backward_fn=self._forward_backward)
+                      clip_norm=self._clip_norm, forward_backward_fn=self._forward_backward,
+                      stop_request=self._stop_request)
 
   def _run(self, num_steps, state):
     strategy = self._strategy
@@ -89,12 +115,21 @@ class TrainLoop:
         ("loss", tf.float32), ("grad_norm", tf.float32), ("learning_rate", tf.float32),
         ("weight", tf.float32), ("nonfinite_steps", tf.int64))}
     taken = tf.constant(0)
+    stopped = tf.constant(False)
+    state = distribute.local_values(strategy, state)
     for i in tf.range(num_steps):
       learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
       step = self._global_step.read_value()
-      state, metrics = strategy.run(self._replica_step, args=(step, state))
+      extra = {}
+      if self._injection is not None:
+        listed = tf.reduce_any(tf.equal(step, self._injection.steps))
+        extra["poison"] = tf.logical_and(listed, step >= self._injection.first_untaken)
+      state, metrics = strategy.run(self._replica_step, args=(step, state), kwargs=extra)
       metrics = distribute.first_replica(strategy, metrics)
       self._global_step.assign_add(1)
+      if self._injection is not None:
+        first_untaken = self._injection.first_untaken
+        first_untaken.assign(tf.maximum(first_untaken, step + 1))
       arrays["loss"] = arrays["loss"].write(i, metrics["loss"])
       arrays["grad_norm"] = arrays["grad_norm"].write(i, metrics["grad_norm"])
       arrays["learning_rate"] = arrays["learning_rate"].write(i, learning_rate)
@@ -102,10 +137,13 @@ class TrainLoop:
       total = self._counters.total.read_value()
       arrays["nonfinite_steps"] = arrays["nonfinite_steps"].write(i, total)
       taken = i + 1
-      if self._counters.consecutive >= self._max_nonfinite:
+      if self._stop_request is not None:
+        stopped = metrics["stop"]
+      if self._counters.consecutive >= self._max_nonfinite or stopped:
         break
     outputs = {k: a.gather(tf.range(taken)) for k, a in arrays.items()}
     outputs["consecutive_nonfinite"] = self._counters.consecutive.read_value()
+    outputs["stopped"] = stopped
     return state, outputs, self._state_sums(state)
 
   def _state_sums(self, state):
@@ -114,7 +152,7 @@ class TrainLoop:
       return [tf.stack([tf.reduce_sum(tf.square(t)), tf.cast(tf.size(t), tf.float32)])
               for t in tf.nest.flatten(s)]
     per_replica = self._strategy.run(local, args=(state,))
-    return self._strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    return distribute.sum_over_replicas(self._strategy, per_replica)
 
   def __call__(self, num_steps: int, state) -> tuple[Any, TrainOutputs]:
     if self._paths is None:
@@ -122,6 +160,7 @@ class TrainLoop:
     state, outputs, sums = self._loop(tf.constant(num_steps, tf.int32), state)
     outputs = {k: v.numpy() for k, v in outputs.items()}
     outputs["consecutive_nonfinite"] = int(outputs["consecutive_nonfinite"])
+    outputs["stopped"] = bool(outputs["stopped"])
     sums = [x.numpy() for x in sums]
     state_rms = {p: float(np.sqrt(s[0] / max(s[1], 1.0))) for p, s in zip(self._paths, sums)}
     return state, TrainOutputs(steps=len(outputs["loss"]), state_rms=state_rms, **outputs)
@@ -164,11 +203,12 @@ class EvalLoop:
     def run(num_batches):
       state = strategy.experimental_distribute_values_from_function(
           lambda _: task.initial_state(rows))
+      state = distribute.local_values(strategy, state)
       # Chunk 0 outside the loop: it fixes the structure of the sums (the task may add its own).
       state, totals = strategy.run(replica_step, args=(tf.constant(0, tf.int64), state))
       for index in tf.range(1, num_batches):
         state, totals = strategy.run(accumulate, args=(tf.cast(index, tf.int64), state, totals))
-      return strategy.reduce(tf.distribute.ReduceOp.SUM, totals, axis=None)
+      return distribute.sum_over_replicas(strategy, totals)
 
     return tf.function(run)
 

@@ -151,6 +151,24 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps, "final_learning_rate": self.final_learning_rate}
 
 
+class Scaled(keras.optimizers.schedules.LearningRateSchedule):
+  """lr(step) = schedule(step) * factor; `factor` is a variable (the Trainer's rollbacks lower it).
+
+  Not serialisable on its own: the factor lives in the Trainer's checkpoint.
+  """
+
+  def __init__(self, schedule, factor: tf.Variable):
+    self.schedule = schedule
+    self.factor = factor
+
+  def __call__(self, step):
+    rate = self.schedule(step) if callable(self.schedule) else self.schedule
+    return tf.cast(rate, tf.float32) * tf.cast(self.factor, tf.float32)
+
+  def get_config(self):
+    raise NotImplementedError("Scaled holds a variable; rebuild it with build_optimizer")
+
+
 def _positive(name, value, gin_name):
   number = isinstance(value, (int, float)) and not isinstance(value, bool)
   if not number or not value > 0 or not math.isfinite(value):
@@ -160,7 +178,8 @@ def _positive(name, value, gin_name):
 
 
 def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_per_epoch=None,
-                    total_steps=None, loss_scaling: bool = False) -> keras.optimizers.Optimizer:
+                    total_steps=None, loss_scaling: bool = False,
+                    factor: tf.Variable | None = None) -> keras.optimizers.Optimizer:
   """Builds the optimizer the Trainer applies its clipped global gradient with.
 
   Args:
@@ -170,6 +189,7 @@ def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_pe
     steps_per_epoch: Passed to the schedule factory.
     total_steps: Passed to the schedule factory.
     loss_scaling: Wrap in `keras.optimizers.LossScaleOptimizer` (float16 compute).
+    factor: Optional float32 scalar variable the rate (or schedule) is multiplied by (`Scaled`).
 
   Returns:
     The (unbuilt) optimizer.
@@ -187,6 +207,8 @@ def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_pe
     if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
       raise ConfigError(
           f"Trainer.lr_schedule must build a keras LearningRateSchedule, got {rate!r}")
+  if factor is not None:
+    rate = Scaled(rate, factor)
   if not callable(factory):
     raise ConfigError(f"Trainer.optimizer must be an optimizer factory such as @optimizers.Adam, "
                       f"got {factory!r}")

@@ -96,7 +96,8 @@ def _loss_scale_optimizer(optimizer):
 
 
 def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
-               clip_norm: float | None = None, forward_backward_fn=forward_backward):
+               clip_norm: float | None = None, forward_backward_fn=forward_backward,
+               stop_request=None):
   """One TBPTT training step, called in replica context (inside `strategy.run` or with no strategy).
 
   reset rows -> tape over the chunk -> global-mean loss -> all-reduced gradients -> global-norm clip
@@ -111,12 +112,17 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
     counters: NonFiniteCounters, updated when a step is skipped (consecutive resets on a good step).
     clip_norm: Clip the global gradient to this global norm; None: no clipping.
     forward_backward_fn: `forward_backward` or a compiled (e.g. XLA) version of it.
+    stop_request: Optional float32 scalar (or variable, read after the forward and backward pass),
+      > 0 where this replica's process was asked to stop. It rides on the gradient all-reduce (no
+      extra collective), so every replica of every worker learns after the same step that some
+      process wants to stop (metrics `stop`).
 
   Returns:
     (new_state, metrics): new_state has `state`'s structure and no gradient (the input state, reset
     rows zeroed, if the step was skipped); metrics are scalars identical on every replica: `loss`
     (global-batch mean), `grad_norm` (global norm before clipping), `finite` (bool: the update was
-    applied), `weight` (global weight sum).
+    applied), `weight` (global weight sum), and with `stop_request`, `stop` (bool: some replica
+    asked to stop).
   """
   ctx = tf.distribute.get_replica_context()
   replicas = ctx.num_replicas_in_sync
@@ -131,8 +137,15 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
     # IndexedSlices with collectives inside a cond whose lengths vary per step, and inside the step
     # loop those collectives can pair up across iterations (shape-mismatch aborts).
     grads = [tf.convert_to_tensor(g) for g in grads]
-  reduced = ctx.all_reduce(SUM, [local_loss] + list(grads))
-  loss, grads = reduced[0], [merge_duplicate_rows(g) for g in reduced[1:]]
+  extra = []
+  if stop_request is not None:
+    # Read after the forward and backward pass, so a request made during this step ends the loop
+    # after it; identity places the copy on this replica's device, where the all-reduce wants it.
+    with tf.control_dependencies([local_loss]):
+      value = stop_request.read_value() if hasattr(stop_request, "read_value") else stop_request
+      extra = [tf.identity(tf.cast(value, tf.float32))]
+  reduced = ctx.all_reduce(SUM, [local_loss] + extra + list(grads))
+  loss, grads = reduced[0], [merge_duplicate_rows(g) for g in reduced[1 + len(extra):]]
   if loss_scale is not None:
     grads = [scale_gradient(g, 1.0 / loss_scale) for g in grads]
   grad_norm = tf.linalg.global_norm(grads)
@@ -145,6 +158,8 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
   ctx.merge_call(_apply_if_finite, args=(task, optimizer, grads, finite, counters))
   new_state = tf.nest.map_structure(lambda new, old: tf.where(finite, new, old), new_state, state)
   metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "weight": global_weight}
+  if stop_request is not None:
+    metrics["stop"] = reduced[1] > 0
   return tf.nest.map_structure(tf.stop_gradient, new_state), metrics
 
 

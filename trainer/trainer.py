@@ -8,9 +8,9 @@
   metrics = trainer.evaluate(splits=("valid", "test"))
 """
 
+import contextlib
 import math
 import os
-import tempfile
 
 import gin
 import tensorflow as tf
@@ -20,9 +20,9 @@ from layers.state import reset_rows
 from trainer import distribute, optimizers, runtime
 from trainer import summaries as summaries_lib
 from trainer.checkpointing import Checkpointer
-from trainer.controller import Controller
-from trainer.errors import ConfigError
-from trainer.loop import EvalLoop, TrainLoop, TrainOutputs, state_paths
+from trainer.controller import NONFINITE_POLICIES, Controller
+from trainer.errors import ConfigError, TrainingError
+from trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, TrainOutputs, state_paths
 from trainer.task import Task
 from trainer.train_step import NonFiniteCounters, SUM, forward_backward
 
@@ -41,13 +41,24 @@ def _positive_int(name: str, value, example: int, allow_none: bool = False):
   return value
 
 
+def _step_list(steps) -> list[int]:
+  """Trainer.nonfinite_injection_steps as a sorted list of non-negative ints."""
+  if isinstance(steps, range):
+    steps = list(steps)
+  if not isinstance(steps, (list, tuple)) or not all(_is_int(s) and s >= 0 for s in steps):
+    raise ConfigError("Trainer.nonfinite_injection_steps must be a list of global steps (a "
+                      f"test/debug hook), got {steps!r}; e.g. --gin_bindings='Trainer.nonfinite_injection_"
+                      "steps=[5, 6, 7]'")
+  return sorted(set(steps))
+
+
 @gin.configurable("Trainer", denylist=["task", "model_dir", "strategy"])
 class Trainer:
   """Trains a `Task` with truncated backpropagation through time; resumable and distributable.
 
   Everything a bit-exact resume needs is checkpointed: model, optimizer, global step, the carried
   train state (all replicas' rows, [B, ...]), the non-finite counters, Keras seed-generator states
-  (dropout masks) and the best eval loss.
+  (dropout masks), the best eval loss, and the rollback count and learning-rate factor.
 
   Args:
     task: The task (model, data, loss, metrics), built inside `strategy.scope()`.
@@ -66,7 +77,17 @@ class Trainer:
     deterministic: Make every op deterministic (a resumed run then repeats an uninterrupted one
       bitwise).
     max_nonfinite_steps: Non-finite steps in a row (each skipped) that end training with
-      TrainingError.
+      TrainingError ('stop') or trigger a rollback ('rollback').
+    nonfinite_policy: 'stop' or 'rollback': restore the newest checkpoint saved without skipped
+      steps pending (model, optimizer, step, carried state) and go on with the learning rate
+      multiplied by `rollback_lr_factor`. A checkpoint is written at the start if there is none.
+    rollback_lr_factor: Learning-rate multiplier applied at each rollback, in (0, 1]; the product
+      is checkpointed, so a resumed run keeps the reduced rate.
+    max_rollbacks: Rollbacks (over the run's whole life, resumes included) before the next
+      `max_nonfinite_steps` streak ends training with TrainingError.
+    nonfinite_injection_steps: TEST/DEBUG HOOK, leave empty in real runs. Global steps whose loss
+      is made NaN the first time this process takes them (a transient fault: a rollback that
+      replays them trains through), to exercise the non-finite paths from a config.
     optimizer: Optimizer factory, `optimizer(learning_rate=...)`, e.g. `@optimizers.SGD`.
     learning_rate: Base learning rate.
     lr_schedule: Schedule factory (e.g. `@schedules.EpochDecay`); None: constant.
@@ -92,7 +113,9 @@ class Trainer:
                lr_schedule=None, jit_compile: bool = False,
                mixed_precision: str | None = runtime.DEFAULT_MIXED_PRECISION,
                eval_steps: int | None = None, histogram_interval: int | None = 1000,
-               log_interval: int = 100):
+               log_interval: int = 100, nonfinite_policy: str = "stop",
+               rollback_lr_factor: float = 0.5, max_rollbacks: int = 3,
+               nonfinite_injection_steps=()):
     self.train_steps = _positive_int("train_steps", train_steps, 1000)
     _positive_int("steps_per_loop", steps_per_loop, 100)
     _positive_int("summary_interval", summary_interval, 100)
@@ -103,6 +126,20 @@ class Trainer:
     _positive_int("eval_steps", eval_steps, 100, allow_none=True)
     _positive_int("histogram_interval", histogram_interval, 1000, allow_none=True)
     _positive_int("log_interval", log_interval, 100)
+    if nonfinite_policy not in NONFINITE_POLICIES:
+      raise ConfigError(f"Trainer.nonfinite_policy must be 'stop' or 'rollback', got "
+                        f"{nonfinite_policy!r}; set --gin_bindings=\"Trainer.nonfinite_policy="
+                        "'rollback'\"")
+    factor_ok = isinstance(rollback_lr_factor, (int, float)) and not isinstance(
+        rollback_lr_factor, bool) and 0 < rollback_lr_factor <= 1
+    if not factor_ok:
+      raise ConfigError(f"Trainer.rollback_lr_factor must be a number in (0, 1], got "
+                        f"{rollback_lr_factor!r}; set "
+                        "--gin_bindings='Trainer.rollback_lr_factor=0.5'")
+    if not _is_int(max_rollbacks) or max_rollbacks < 0:
+      raise ConfigError(f"Trainer.max_rollbacks must be a non-negative integer, got "
+                        f"{max_rollbacks!r}; set --gin_bindings='Trainer.max_rollbacks=3'")
+    injection_steps = _step_list(nonfinite_injection_steps)
     number = isinstance(clip_norm, (int, float)) and not isinstance(clip_norm, bool)
     if clip_norm is not None and (not number or not math.isfinite(clip_norm) or clip_norm <= 0):
       raise ConfigError(f"Trainer.clip_norm must be a positive number or None, got {clip_norm!r}; "
@@ -123,6 +160,8 @@ class Trainer:
     self.model_dir = model_dir
     self.strategy = strategy or tf.distribute.get_strategy()
     self._chief = distribute.is_chief(self.strategy)
+    self._multi_worker = distribute.is_multi_worker(self.strategy)
+    self._rollback_lr_factor = float(rollback_lr_factor)
     self._rows = distribute.rows_per_replica(self.strategy, task.global_batch_size,
                                              "Task.global_batch_size")
     eval_rows = distribute.rows_per_replica(self.strategy, task.eval_batch_size,
@@ -132,9 +171,11 @@ class Trainer:
     with self.strategy.scope():
       self._build_model()
       loss_scaling = self._check_precision(mixed_precision)
+      self._lr_factor = self._variable(1.0, tf.float32, "learning_rate_factor")
+      self._rollbacks = self._variable(0, tf.int64, "rollbacks")
       self.optimizer = optimizers.build_optimizer(
           optimizer, learning_rate, lr_schedule, steps_per_epoch=task.steps_per_epoch,
-          total_steps=train_steps, loss_scaling=loss_scaling)
+          total_steps=train_steps, loss_scaling=loss_scaling, factor=self._lr_factor)
       self.optimizer.build(task.model.trainable_variables)
       self.global_step = self._variable(0, tf.int64, "global_step")
       self._counters = NonFiniteCounters(
@@ -145,20 +186,33 @@ class Trainer:
       self._state_structure = initial
       self._state_variables = [self._variable(tf.zeros_like(t), t.dtype, f"train_state/{p}")
                                for t, p in zip(tf.nest.flatten(initial), state_paths(initial))]
+      # Not checkpointed: set by the signal thread, read by the loop before every step.
+      self._stop_request = self._variable(0.0, tf.float32, "stop_request")
+      injection = None
+      if injection_steps:
+        injection = NonFiniteInjection(
+            steps=tf.constant(injection_steps, tf.int64),
+            first_untaken=self._variable(0, tf.int64, "nonfinite_injection_first_untaken"))
 
-    checkpoint_dir = (os.path.join(model_dir, "checkpoints") if self._chief
-                      else tempfile.mkdtemp(prefix="tbptt_worker_checkpoints_"))
+    # Every worker restores the chief's checkpoints; the others save into a scratch directory that
+    # each save deletes again (all must save: the carried state is gathered with collectives).
     self.checkpointer = Checkpointer(
-        checkpoint_dir, max_to_keep=max_checkpoints, model=task.model, optimizer=self.optimizer,
+        os.path.join(model_dir, "checkpoints"), max_to_keep=max_checkpoints,
+        write_directory=None if self._chief else os.path.join(
+            model_dir, f"workertemp_{distribute.task_name(self.strategy).replace(' ', '_')}"),
+        model=task.model, optimizer=self.optimizer,
         step=self.global_step, nonfinite_steps=self._counters.total,
         nonfinite_in_a_row=self._counters.consecutive, best_eval_loss=self._best_eval_loss,
         train_state=list(self._state_variables),
+        learning_rate_factor=self._lr_factor, rollbacks=self._rollbacks,
         # Keras seed generators (dropout masks) are not reached through the model's checkpoint.
         model_non_trainable=list(task.model.non_trainable_variables))
+    self._nonfinite_policy = nonfinite_policy
     self._train_loop = TrainLoop(
         self.strategy, task, self.optimizer, global_step=self.global_step, counters=self._counters,
         rows=self._rows, clip_norm=None if clip_norm is None else float(clip_norm),
-        max_nonfinite_steps=max_nonfinite_steps, jit_compile=jit_compile)
+        max_nonfinite_steps=max_nonfinite_steps, jit_compile=jit_compile,
+        stop_request=self._stop_request, injection=injection)
     self._eval_loop = EvalLoop(self.strategy, task, rows=eval_rows, max_batches=eval_steps)
     self.summaries = summaries_lib.Summaries(model_dir, enabled=self._chief)
     self.controller = Controller(
@@ -166,11 +220,14 @@ class Trainer:
         steps_per_loop=steps_per_loop, summary_interval=summary_interval,
         checkpoint_interval=checkpoint_interval, eval_interval=eval_interval,
         histogram_interval=histogram_interval, log_interval=log_interval,
-        max_nonfinite_steps=max_nonfinite_steps, tokens_per_step=task.tokens_per_step)
+        max_nonfinite_steps=max_nonfinite_steps, tokens_per_step=task.tokens_per_step,
+        nonfinite_policy=nonfinite_policy, max_rollbacks=max_rollbacks,
+        local_stop=not self._multi_worker)
     self._gradient_fn = None
     # Compiled once: an eager strategy.gather would retrace on every checkpoint.
     self._gather_fn = tf.function(lambda state: distribute.gather_rows(self.strategy, state))
     self._restored = False
+    self._saved_step = None  # The step of the checkpoint that holds exactly the current values.
     self._state = self._zero_state()
 
   # -- construction --------------------------------------------------------------------------------
@@ -238,6 +295,7 @@ class Trainer:
       if path is None:
         return None
       self._state = self._state_from_variables()
+    self._saved_step = self.step
     logging.info("Restored %s (step %d).", path, self.step)
     return self.step
 
@@ -253,13 +311,18 @@ class Trainer:
       'valid' split)}.
 
     Raises:
-      TrainingError: Too many non-finite steps in a row.
+      TrainingError: Too many non-finite steps in a row (after `max_rollbacks` rollbacks under
+        'rollback'); under multi-worker training, a worker was lost (the message names it).
       TrainingInterrupted: (a SystemExit, code 130/143) SIGINT/SIGTERM; a checkpoint was written.
       ConfigError: The newest checkpoint does not fit the model.
     """
-    if not self._restored:
-      self.restore()
-    return self.controller.train(until_step)
+    with self._collectives_failing_as_training_errors():
+      if not self._restored:
+        self.restore()
+      self._stop_request.assign(0.0)
+      if self._nonfinite_policy == "rollback" and self.checkpointer.latest is None:
+        self.save_checkpoint(self.step)  # Something to roll back to.
+      return self.controller.train(until_step)
 
   def evaluate(self, splits=("valid", "test")) -> dict:
     """Restores the newest checkpoint, evaluates each split, writes eval summaries.
@@ -267,14 +330,70 @@ class Trainer:
     Returns:
       {split: metrics} for every split that has data.
     """
-    self.restore()
-    return self.controller.evaluate(splits, self.step)
+    with self._collectives_failing_as_training_errors():
+      self.restore()
+      return self.controller.evaluate(splits, self.step)
+
+  @contextlib.contextmanager
+  def _collectives_failing_as_training_errors(self):
+    """Multi-worker: a collective that fails because a peer died is one TrainingError naming it."""
+    if not self._multi_worker:
+      yield
+      return
+    try:
+      yield
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError, tf.errors.InternalError) as e:
+      step = int(self.global_step.value().numpy()) if self.global_step is not None else 0
+      raise TrainingError(distribute.lost_worker_message(self.strategy, e, step)) from None
 
   # -- runner interface (driven by the Controller) -------------------------------------------------
 
   def train_loop(self, num_steps: int) -> TrainOutputs:
     self._state, outputs = self._train_loop(num_steps, self._state)
+    if outputs.steps:
+      self._saved_step = None
     return outputs
+
+  def request_stop(self, signum: int) -> None:
+    """Ends the running loop after its current step (called from the signal thread)."""
+    del signum
+    self._stop_request.assign(1.0)
+
+  @property
+  def rollbacks(self) -> int:
+    """Rollbacks so far, over the run's whole life (checkpointed)."""
+    return int(self._rollbacks.numpy())
+
+  def rollback(self) -> tuple[int, float]:
+    """Restores the newest checkpoint saved with no skipped step pending; lowers the learning rate.
+
+    The model, optimizer, step, carried state and RNG states come back from that checkpoint; the
+    learning-rate factor becomes (factor before) * rollback_lr_factor, the rollback count goes up by
+    one and the total of skipped steps keeps counting (none of the three are rolled back).
+
+    Returns:
+      (the restored step, the new learning-rate factor).
+
+    Raises:
+      TrainingError: No checkpoint without a pending non-finite streak exists.
+    """
+    good = [p for p in self.checkpointer.checkpoints
+            if int(self.checkpointer.read(p, "nonfinite_in_a_row")) == 0]
+    if not good:
+      raise TrainingError(f"training cannot roll back at step {self.step}: no checkpoint in "
+                          f"{self.checkpointer.directory} was saved between non-finite streaks")
+    factor = float(self._lr_factor.numpy()) * self._rollback_lr_factor
+    rollbacks = self.rollbacks + 1
+    skipped = int(self._counters.total.numpy())
+    with self.strategy.scope():
+      self.checkpointer.restore(good[-1])
+      self._lr_factor.assign(factor)
+      self._rollbacks.assign(rollbacks)
+      self._counters.total.assign(skipped)
+      self._state = self._state_from_variables()
+    self._saved_step = None  # The factor and count differ from the restored checkpoint's.
+    return self.step, factor
 
   def evaluate_split(self, split: str) -> dict | None:
     sums = self._eval_loop(split)
@@ -288,8 +407,11 @@ class Trainer:
       self.task.write_eval_summaries(step)
 
   def save_checkpoint(self, step: int) -> None:
+    if step == self._saved_step:  # Nothing changed since that checkpoint was written or restored.
+      return
     self._state_to_variables()
     path = self.checkpointer.save(step)
+    self._saved_step = step
     logging.info("Saved %s.", path)
 
   def save_best(self, step: int, eval_loss: float) -> None:

@@ -2,6 +2,8 @@
 
 import os
 import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -14,33 +16,56 @@ from trainer.summaries import Summaries, read_scalars, read_tags
 
 
 class ScriptedRunner:
-  """Loss of step s is s; non-finite steps are scripted; `on_loop(index)` runs inside each loop."""
+  """Loss of step s is s; non-finite steps are scripted; `on_loop(index)` runs inside each loop.
+
+  A stop request ends the loop after the step it arrives in (as the compiled loop does). A rollback
+  goes back to the last saved step; a scripted non-finite step is non-finite the first time only.
+  """
 
   def __init__(self, nonfinite=(), on_loop=None):
     self.step = 0
     self.loops, self.saved, self.evals, self.best = [], [], [], []
-    self.configs, self.histogram_steps = [], []
+    self.configs, self.histogram_steps, self.rolled_back = [], [], []
+    self.rollbacks = 0
+    self.stop_requested = threading.Event()
     self._nonfinite = set(nonfinite)
+    self._taken = 0
     self._on_loop = on_loop
     self._total = self._in_a_row = 0
 
   def train_loop(self, num_steps):
     if self._on_loop:
       self._on_loop(len(self.loops))
-    self.loops.append(num_steps)
-    steps = np.arange(self.step + 1, self.step + num_steps + 1)
-    totals = []
-    for s in steps:
-      bad = int(s) in self._nonfinite
+    steps, totals = [], []
+    for _ in range(num_steps):
+      s = self.step + 1
+      bad = s in self._nonfinite and s > self._taken
+      self._taken = max(self._taken, s)
       self._total += bad
       self._in_a_row = self._in_a_row + 1 if bad else 0
+      steps.append(s)
       totals.append(self._total)
-    self.step += num_steps
-    return TrainOutputs(steps=num_steps, loss=steps.astype(np.float32),
-                        grad_norm=np.ones(num_steps),
-                        learning_rate=np.full(num_steps, 0.5), weight=np.full(num_steps, 10.0),
+      self.step = s
+      if self.stop_requested.is_set():
+        break
+    self.loops.append(len(steps))
+    steps = np.array(steps)
+    return TrainOutputs(steps=len(steps), loss=steps.astype(np.float32),
+                        grad_norm=np.ones(len(steps)),
+                        learning_rate=np.full(len(steps), 0.5), weight=np.full(len(steps), 10.0),
                         nonfinite_steps=np.array(totals), consecutive_nonfinite=self._in_a_row,
-                        state_rms={"h": 2.0, "c": 3.0})
+                        state_rms={"h": 2.0, "c": 3.0}, stopped=self.stop_requested.is_set())
+
+  def request_stop(self, signum):
+    del signum
+    self.stop_requested.set()
+
+  def rollback(self):
+    self.rollbacks += 1
+    self.step = max(self.saved, default=0)
+    self._in_a_row = 0
+    self.rolled_back.append(self.step)
+    return self.step, 0.5 ** self.rollbacks
 
   def evaluate_split(self, split):
     self.evals.append((split, self.step))
@@ -119,29 +144,38 @@ def test_scattered_nonfinite_steps_do_not_stop_training(tmp_path):
   assert result["step"] == 23 and result["train"]["nonfinite_steps"] == 4
 
 
+def wait_for(event, seconds=5.0):
+  assert event.wait(seconds), "the signal thread did not pass the stop request on"
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_signal_checkpoints_at_the_reached_step_and_exits(tmp_path, capsys, signum, code):
+def test_signal_stops_after_the_current_step_checkpoints_there_and_exits(tmp_path, capsys, signum,
+                                                                         code):
   before = signal.getsignal(signum)
+  runner = ScriptedRunner()
 
   def send(loop_index):
     if loop_index == 1:
       os.kill(os.getpid(), signum)
+      wait_for(runner.stop_requested)
 
-  runner = ScriptedRunner(on_loop=send)
+  runner._on_loop = send
   with pytest.raises(TrainingInterrupted) as raised:
     make_controller(tmp_path, runner, train_steps=1000, eval_interval=None).train()
-  assert raised.value.code == code and raised.value.step == 8
-  assert runner.saved == [8]
-  assert "Stopped at step 8; rerun the same command to resume." in capsys.readouterr().out
+  # Loop 0 took steps 1-4; loop 1 (4 steps asked) stopped after its first step.
+  assert raised.value.code == code and raised.value.step == 5
+  assert runner.loops == [4, 1] and runner.saved == [5]
+  assert "Stopped at step 5; rerun the same command to resume." in capsys.readouterr().out
   assert signal.getsignal(signum) is before
 
 
 def test_second_signal_exits_at_once(tmp_path, monkeypatch):
-  class Exited(Exception):
-    pass
+  exits = []
+  exited = threading.Event()
 
-  def fake_exit(code):
-    raise Exited(code)
+  def fake_exit(code):  # Runs in the signal thread; the real one ends the process there.
+    exits.append(code)
+    exited.set()
 
   monkeypatch.setattr(controller_lib.os, "_exit", fake_exit)
 
@@ -149,9 +183,57 @@ def test_second_signal_exits_at_once(tmp_path, monkeypatch):
     if loop_index == 1:
       os.kill(os.getpid(), signal.SIGINT)
       os.kill(os.getpid(), signal.SIGINT)
+      wait_for(exited)
 
   runner = ScriptedRunner(on_loop=send_twice)
-  with pytest.raises(Exited) as raised:
+  with pytest.raises(TrainingInterrupted):
     make_controller(tmp_path, runner, train_steps=1000).train()
-  assert raised.value.args == (130,)
-  assert runner.saved == []
+  assert exits == [130]
+
+
+class DeafRunner(ScriptedRunner):
+  """Ignores stop requests: its loop never reports `stopped`."""
+
+  def request_stop(self, signum):
+    self.signalled = signum
+
+
+def test_without_local_stop_only_the_loops_stop_request_ends_training(tmp_path):
+  runner = DeafRunner()
+
+  def send(loop_index):
+    if loop_index == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+      deadline = time.time() + 5
+      while not hasattr(runner, "signalled") and time.time() < deadline:
+        time.sleep(0.01)
+
+  runner._on_loop = send
+  result = make_controller(tmp_path, runner, local_stop=False).train()
+  assert runner.signalled == signal.SIGTERM and result["step"] == 23
+
+
+def test_a_peer_stop_ends_training_with_143(tmp_path, capsys):
+  runner = ScriptedRunner(on_loop=lambda i: runner.stop_requested.set() if i == 2 else None)
+  with pytest.raises(TrainingInterrupted) as raised:
+    make_controller(tmp_path, runner, local_stop=False).train()
+  assert raised.value.code == 143 and raised.value.step == 7 and runner.saved == [7]
+  assert "Stopped at step 7 with the other workers" in capsys.readouterr().out
+
+
+def test_rollback_policy_goes_back_to_the_last_checkpoint_and_finishes(tmp_path):
+  runner = ScriptedRunner(nonfinite=(12, 13, 14))
+  result = make_controller(tmp_path, runner, nonfinite_policy="rollback", max_rollbacks=1,
+                           eval_interval=None).train()
+  assert runner.rolled_back == [10] and runner.rollbacks == 1
+  assert result["step"] == 23 and runner.saved == [10, 20, 23]
+  # Summaries of the replayed steps are written again; the newest value of a step wins.
+  assert read_scalars(os.path.join(tmp_path, "train"), "loss")[15] == 15.0
+
+
+def test_rollbacks_are_limited_then_training_fails(tmp_path):
+  runner = ScriptedRunner(nonfinite=range(12, 100))
+  with pytest.raises(TrainingError, match=r"after 2 rollbacks \(Trainer.max_rollbacks=2\)"):
+    make_controller(tmp_path, runner, steps_per_loop=3, nonfinite_policy="rollback",
+                    max_rollbacks=2, eval_interval=None).train()
+  assert runner.rolled_back == [10, 10] and runner.rollbacks == 2

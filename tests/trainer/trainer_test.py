@@ -328,7 +328,8 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path, capsys):
   finally:
     timer.cancel()
   step = raised.value.step
-  assert raised.value.code == 143 and 0 < step < 10**6 and step % 5 == 0
+  assert raised.value.code == 143 and 0 < step < 10**6
+  assert trainer.step == step  # The loop ended after the step the signal arrived in.
   assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith(f"ckpt-{step}")
   assert f"Stopped at step {step}; rerun the same command to resume." in capsys.readouterr().out
 
