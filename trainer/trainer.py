@@ -47,8 +47,8 @@ def _step_list(steps) -> list[int]:
     steps = list(steps)
   if not isinstance(steps, (list, tuple)) or not all(_is_int(s) and s >= 0 for s in steps):
     raise ConfigError("Trainer.nonfinite_injection_steps must be a list of global steps (a "
-                      f"test/debug hook), got {steps!r}; e.g. --gin_bindings='Trainer.nonfinite_injection_"
-                      "steps=[5, 6, 7]'")
+                      f"test/debug hook), got {steps!r}; e.g. "
+                      "--gin_bindings='Trainer.nonfinite_injection_steps=[5, 6, 7]'")
   return sorted(set(steps))
 
 
