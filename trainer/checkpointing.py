@@ -4,10 +4,11 @@ Crash safety comes from TensorFlow's write order: `Checkpoint.write` writes the 
 `.index` into a temporary directory (`ckpt-<step>_temp/`) and moves them into place, and only then
 does `CheckpointManager` rewrite the `checkpoint` state file (itself atomically: a temporary file
 renamed over it). Restores read that state file, never a glob of `ckpt-*`, so a save that was cut
-short (SIGKILL, a second signal, a full disk) is never restored: the previous checkpoint is. On top
-of that, `latest` skips any listed checkpoint whose files are not all there (deleted by hand, or a
-deletion of old checkpoints cut short), and a step is never saved over its own files while the state
-file names them (see `save`).
+short (SIGKILL, a second signal, a full disk) is never restored: the previous checkpoint is (its
+`_temp/` debris is deleted by the next run's first save). Files are deleted only after the state
+file stopped listing them: old checkpoints beyond `max_to_keep` (TensorFlow's manager deletes first
+and rewrites the list after), and a listed step that is saved again (see `save`). `latest` also
+skips a listed checkpoint whose files are not all there (e.g. deleted by hand).
 
 Under multi-worker training every worker must save (the values are gathered with collectives), but
 only the chief's copy is kept: the others write into `write_directory`, which is deleted after each
@@ -50,7 +51,7 @@ class Checkpointer:
 
   Args:
     directory: model_dir/checkpoints: where checkpoints are read from (and written, on the chief).
-    max_to_keep: Newest checkpoints kept (older ones are deleted by the manager).
+    max_to_keep: Newest checkpoints kept (older ones are deleted after the state file dropped them).
     write_directory: Non-chief workers only: a scratch directory each save writes into and then
       deletes. None: save into `directory`.
     **objects: Trackables to save, by key (`model=`, `optimizer=`, `step=`, ...).
@@ -60,28 +61,21 @@ class Checkpointer:
                **objects):
     self.directory = directory
     self.write_directory = write_directory
-    self._max_to_keep = max_to_keep
+    self._keep = {directory: max_to_keep, os.path.join(directory, "best"): 1}
     self._checkpoint = tf.train.Checkpoint(**objects)
-    self._manager = self._new_manager()
-    self._best = tf.train.CheckpointManager(self._checkpoint, os.path.join(directory, "best"),
-                                            max_to_keep=1, checkpoint_name=CHECKPOINT_NAME)
+    self._managers = {d: self._new_manager(d) for d in self._keep}
+    self._swept = False
 
-  def _new_manager(self):
-    return tf.train.CheckpointManager(self._checkpoint, self.directory,
-                                      max_to_keep=self._max_to_keep,
+  def _new_manager(self, directory):
+    # max_to_keep=None: the manager deletes nothing; `_drop` does, after the state file forgot them
+    # (the manager's own sweep deletes files the state file still lists).
+    return tf.train.CheckpointManager(self._checkpoint, directory, max_to_keep=None,
                                       checkpoint_name=CHECKPOINT_NAME)
 
   @property
   def checkpoints(self) -> list[str]:
     """Path prefixes of the complete checkpoints the state file lists, oldest first."""
-    state = tf.train.get_checkpoint_state(self.directory)
-    if state is None:
-      return []
-    paths = list(state.all_model_checkpoint_paths)
-    if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
-      paths.append(state.model_checkpoint_path)
-    paths = [p if os.path.isabs(p) else os.path.join(self.directory, p) for p in paths]
-    return [p for p in paths if is_complete(p)]
+    return _listed(self.directory)
 
   @property
   def latest(self) -> str | None:
@@ -133,16 +127,38 @@ class Checkpointer:
     """
     if self.write_directory is not None:
       return self._save_scratch(step, self.write_directory)
-    prefix = os.path.join(self.directory, f"{CHECKPOINT_NAME}-{step}")
-    if prefix in self._manager.checkpoints or tf.io.gfile.exists(prefix + ".index"):
-      self._forget(prefix)
-    return self._manager.save(checkpoint_number=step)
+    return self._save(self.directory, step)
 
   def save_best(self, step: int) -> str:
     """Writes `best/ckpt-<step>`, replacing the previous best."""
     if self.write_directory is not None:
       return self._save_scratch(step, os.path.join(self.write_directory, "best"))
-    return self._best.save(checkpoint_number=step)
+    return self._save(os.path.join(self.directory, "best"), step)
+
+  def _save(self, directory: str, step: int) -> str:
+    self._sweep_debris()
+    prefix = os.path.join(directory, f"{CHECKPOINT_NAME}-{step}")
+    if prefix in _listed(directory) or tf.io.gfile.exists(prefix + ".index"):
+      self._drop(directory, [prefix])
+    path = self._managers[directory].save(checkpoint_number=step)
+    listed = _listed(directory)
+    excess = listed[:-self._keep[directory]]
+    if excess:
+      self._drop(directory, excess)
+    return path
+
+  def _sweep_debris(self) -> None:
+    """Before this process's first save: deletes the `ckpt-<step>_temp/` directories of saves that
+    were cut short (never restored, but each can be as large as a checkpoint). Not earlier: a run
+    that fails to start must leave model_dir as it found it."""
+    if self._swept:
+      return
+    self._swept = True
+    for directory in (self.directory, os.path.join(self.directory, "best")):
+      pattern = os.path.join(glob.escape(directory), f"{CHECKPOINT_NAME}-*_temp")
+      for path in tf.io.gfile.glob(pattern):
+        if tf.io.gfile.isdir(path):
+          tf.io.gfile.rmtree(path)
 
   def _save_scratch(self, step: int, directory: str) -> str:
     """A non-chief worker's save: the same values, written and then thrown away."""
@@ -151,17 +167,47 @@ class Checkpointer:
       tf.io.gfile.rmtree(self.write_directory)
     return path
 
-  def _forget(self, prefix: str) -> None:
-    """Drops checkpoint `prefix` from the state file (atomically), then deletes its files."""
-    keep = [p for p in self.checkpoints if p != prefix]
-    if keep:
+  def _drop(self, directory: str, prefixes: list[str]) -> None:
+    """Removes checkpoints from `directory`'s state file (one atomic rewrite), then their files.
+
+    Whenever the process is killed, the state file lists only checkpoints whose files are whole.
+    """
+    state = tf.train.get_checkpoint_state(directory)
+    listed = list(state.all_model_checkpoint_paths) if state is not None else []
+    stamps = list(state.all_model_checkpoint_timestamps) if state is not None else []
+    if len(stamps) != len(listed):
+      stamps = [None] * len(listed)
+    kept = [(_absolute(directory, p), t) for p, t in zip(listed, stamps)]
+    kept = [(p, t) for p, t in kept if p not in prefixes and is_complete(p)]
+    if kept:
+      # With their timestamps: a manager only manages (and lists) checkpoints that have one newer
+      # than the last preserved timestamp.
+      timestamps = [t for _, t in kept]
       checkpoint_management.update_checkpoint_state_internal(
-          save_dir=self.directory, model_checkpoint_path=keep[-1],
-          all_model_checkpoint_paths=keep, save_relative_paths=True)
+          save_dir=directory, model_checkpoint_path=kept[-1][0],
+          all_model_checkpoint_paths=[p for p, _ in kept],
+          all_model_checkpoint_timestamps=None if None in timestamps else timestamps,
+          last_preserved_timestamp=state.last_preserved_timestamp, save_relative_paths=True)
     else:
-      state = os.path.join(self.directory, "checkpoint")
-      if tf.io.gfile.exists(state):
-        tf.io.gfile.remove(state)
-    for path in tf.io.gfile.glob(glob.escape(prefix) + ".*"):
-      tf.io.gfile.remove(path)
-    self._manager = self._new_manager()  # It caches the list of checkpoints it manages.
+      state_file = os.path.join(directory, "checkpoint")
+      if tf.io.gfile.exists(state_file):
+        tf.io.gfile.remove(state_file)
+    for prefix in prefixes:
+      for path in tf.io.gfile.glob(glob.escape(prefix) + ".*"):
+        tf.io.gfile.remove(path)
+    self._managers[directory] = self._new_manager(directory)  # It caches what it manages.
+
+
+def _absolute(directory: str, path: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(directory, path)
+
+
+def _listed(directory: str) -> list[str]:
+  """Path prefixes of the complete checkpoints `directory`'s state file lists, oldest first."""
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    return []
+  paths = list(state.all_model_checkpoint_paths)
+  if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
+    paths.append(state.model_checkpoint_path)
+  return [p for p in (_absolute(directory, p) for p in paths) if is_complete(p)]

@@ -2,13 +2,17 @@
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
-from trainer.checkpointing import Checkpointer
+from trainer.checkpointing import Checkpointer, is_complete
 from trainer.errors import ConfigError
 
 
@@ -108,3 +112,99 @@ def test_a_save_cut_short_is_never_restored(tmp_path, monkeypatch):
   restored, fresh = make(tmp_path)
   assert fresh.restore() == os.path.join(tmp_path, "ckpt-20")
   assert int(restored["step"].numpy()) == 20
+
+
+def test_latest_skips_a_listed_checkpoint_whose_files_are_gone(tmp_path):
+  objects, checkpointer = make(tmp_path, max_to_keep=3)
+  for step in (10, 20):
+    objects["step"].assign(step)
+    checkpointer.save(step)
+  os.remove(os.path.join(tmp_path, "ckpt-20.data-00000-of-00001"))
+  assert checkpointer.latest == os.path.join(tmp_path, "ckpt-10")
+  assert checkpointer.checkpoints == [os.path.join(tmp_path, "ckpt-10")]
+  restored, fresh = make(tmp_path)
+  assert fresh.restore() == os.path.join(tmp_path, "ckpt-10")
+  assert int(restored["step"].numpy()) == 10
+
+
+def test_saving_a_listed_step_again_drops_it_first(tmp_path, monkeypatch):
+  # After a rollback to step 10, training reaches step 20 again with other values.
+  objects, checkpointer = make(tmp_path, max_to_keep=3)
+  for step in (10, 20):
+    objects["w"].assign([step] * 3)
+    checkpointer.save(step)
+  objects["w"].assign([99.0] * 3)
+
+  def crash(*args, **kwargs):
+    raise KeyboardInterrupt("killed")
+
+  with monkeypatch.context() as patch:  # Killed while writing the new ckpt-20.
+    patch.setattr(tf.train.Checkpoint, "write", crash)
+    patch.setattr(tf.train.Checkpoint, "_write", crash, raising=False)
+    with pytest.raises(KeyboardInterrupt):
+      checkpointer.save(20)
+  # Not an old index with new data (or the reverse) under the name the state file points at.
+  assert checkpointer.latest == os.path.join(tmp_path, "ckpt-10")
+  assert not os.path.exists(os.path.join(tmp_path, "ckpt-20.index"))
+
+  assert checkpointer.save(20) == os.path.join(tmp_path, "ckpt-20")
+  assert checkpointer.checkpoints == [os.path.join(tmp_path, f"ckpt-{s}") for s in (10, 20)]
+  restored, fresh = make(tmp_path)
+  fresh.restore()
+  np.testing.assert_array_equal(restored["w"].numpy(), [99.0] * 3)
+
+
+def test_scratch_saves_of_other_workers_leave_nothing(tmp_path):
+  objects, chief = make(tmp_path / "checkpoints")
+  chief.save(5)
+  scratch = str(tmp_path / "workertemp_worker_1")
+  worker = Checkpointer(str(tmp_path / "checkpoints"), max_to_keep=2, write_directory=scratch,
+                        **objects)
+  assert worker.latest == chief.latest  # Workers restore the chief's checkpoints.
+  assert worker.save(10).startswith(scratch) and worker.save_best(10).startswith(scratch)
+  assert not os.path.exists(scratch)
+  assert chief.checkpoints == [str(tmp_path / "checkpoints" / "ckpt-5")]
+
+
+SAVE_LOOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "save_loop.py")
+
+
+@pytest.mark.slow
+def test_sigkill_in_the_middle_of_saves_never_leaves_a_partial_checkpoint_to_restore(tmp_path):
+  """SIGKILL while 64 MB checkpoints are being written, at several points of the write; each
+  restart restores the newest complete checkpoint and checks every value against its step."""
+  directory = str(tmp_path)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+  saved, killed_during = 0, []
+  for delay in (0.0, 0.03, 0.06, 0.1):
+    process = subprocess.Popen([sys.executable, SAVE_LOOP, directory], stdout=subprocess.PIPE,
+                               text=True, env=env)
+    first = process.stdout.readline().split()
+    if saved:
+      # The newest complete one: the last reported, or one whose state file update beat the kill.
+      assert first[0] == "restored" and saved <= int(first[1]) <= saved + 1, first
+      first = process.stdout.readline().split()
+    assert first[0] == "saved", first
+    # The first save swept the debris of the previous kill; wait for the next save to start.
+    deadline = time.time() + 60
+    while not any(n.endswith("_temp") for n in os.listdir(directory)):
+      assert time.time() < deadline and process.poll() is None, "no save in progress was seen"
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    killed_during.append(sorted(n for n in os.listdir(directory) if "temp" in n))
+    out = first[1:] + process.communicate()[0].split()
+    saved = max(int(x) for x in out if x.isdigit())
+  assert sum(map(bool, killed_during)) >= 2, f"kills mostly between saves: {killed_during}"
+  assert all(len(debris) <= 1 for debris in killed_during), killed_during
+
+  state = tf.train.get_checkpoint_state(directory)
+  newest = os.path.join(directory, os.path.basename(state.model_checkpoint_path))
+  assert is_complete(newest)
+  assert all(is_complete(os.path.join(directory, os.path.basename(p)))
+             for p in state.all_model_checkpoint_paths)
+  objects = {f"w{i}": tf.Variable(tf.zeros((1024, 4096))) for i in range(4)}
+  step = tf.Variable(0, dtype=tf.int64)
+  Checkpointer(directory, max_to_keep=2, step=step, **objects).restore()
+  assert saved <= int(step.numpy()) <= saved + 1
+  for v in objects.values():
+    assert np.all(v.numpy() == int(step.numpy()))

@@ -1,4 +1,4 @@
-"""Non-finite steps: the injection hook, the 'stop' and 'rollback' policies, and the launcher's exit."""
+"""Non-finite steps: the injection hook, the stop and rollback policies, the launcher's exit."""
 
 import os
 import subprocess
