@@ -41,8 +41,9 @@ def configure_from_gin() -> None:
 
 
 def check_seed(seed) -> int:
-  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-    raise ConfigError(f"Trainer.seed must be a non-negative integer, got {seed!r}; "
+  # NumPy's seed is 32 bits: a larger one would fail later with a message that names no binding.
+  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    raise ConfigError(f"Trainer.seed must be an integer in [0, 2**32), got {seed!r}; "
                       "set --gin_bindings='Trainer.seed=0'")
   return seed
 

@@ -31,10 +31,13 @@ def _is_int(value) -> bool:
   return isinstance(value, int) and not isinstance(value, bool)
 
 
+_INT64_MAX = 2**63 - 1  # Step counts and counters live in int64 variables.
+
+
 def _positive_int(name: str, value, example: int, allow_none: bool = False):
   if value is None and allow_none:
     return None
-  if not _is_int(value) or value <= 0:
+  if not _is_int(value) or not 0 < value <= _INT64_MAX:
     none = " or None" if allow_none else ""
     raise ConfigError(f"Trainer.{name} must be a positive integer{none}, got {value!r}; "
                       f"set --gin_bindings='Trainer.{name}={example}'")
