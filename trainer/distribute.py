@@ -204,9 +204,14 @@ def lost_worker_message(strategy: tf.distribute.Strategy, error: tf.errors.OpErr
   was refused); both are mapped to 'worker 1 (127.0.0.1:2223)'.
   """
   resolver = _resolver(strategy)
-  text = str(error.message if hasattr(error, "message") else error)
   cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
   me = (resolver.task_type, resolver.task_id) if resolver is not None else None
+  return describe_lost_worker(cluster, me, error, step)
+
+
+def describe_lost_worker(cluster: dict, me: tuple | None, error: Exception, step: int) -> str:
+  """`lost_worker_message` for a cluster {job: [address, ...]} seen from task `me` (job, index)."""
+  text = str(getattr(error, "message", None) or error)
   lost = []
   for job, index in _TASK.findall(text):
     task = (job, int(index))

@@ -78,3 +78,55 @@ def test_make_strategy_applies_the_trainer_seed_and_precision_bindings():
     np.testing.assert_array_equal(drawn, keras.random.uniform([3], seed=None).numpy())
   finally:
     keras.config.set_dtype_policy("float32")
+
+
+CLUSTER = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:22220"]}
+HEARTBEAT = ("Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
+             "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n"
+             "The tasks have crashed.")
+REFUSED = ("{{function_node __inference_<lambda>_3805}} Collective ops is aborted by: failed to "
+           "connect to all addresses; last error: UNKNOWN: ipv4:10.0.0.1:2222: Failed to connect "
+           "to remote host: Connection refused")
+
+
+@pytest.mark.parametrize("error, me, expected", [
+    (tf.errors.UnavailableError(None, None, HEARTBEAT), ("worker", 0),
+     "lost worker 1 (10.0.0.2:2222) at step 7: it stopped sending heartbeats"),
+    (tf.errors.UnavailableError(None, None, REFUSED), ("worker", 2),
+     "lost worker 0 (10.0.0.1:2222) at step 7: its connection was lost"),
+    (tf.errors.DeadlineExceededError(None, None, "Collective timed out on /job:worker/task:2"),
+     ("worker", 0), "lost worker 2 (10.0.0.3:22220) at step 7: a collective op waited longer "
+     "than distribution.collective_timeout_seconds"),
+    (tf.errors.InternalError(None, None, "something else\nmore"), ("worker", 0),
+     "lost a worker at step 7: something else;"),
+])
+def test_lost_worker_is_named_by_task_or_by_address(error, me, expected):
+  message = distribute.describe_lost_worker(CLUSTER, me, error, 7)
+  assert message.startswith(f"multi-worker training {expected}"), message
+  assert message.endswith("restart every worker with the same command to resume from the last "
+                          "checkpoint")
+  assert "\n" not in message
+
+
+def test_an_address_is_not_matched_inside_a_longer_port():
+  error = tf.errors.UnavailableError(None, None, "ipv4:10.0.0.3:22220: Connection refused")
+  message = distribute.describe_lost_worker(CLUSTER, ("worker", 0), error, 1)
+  assert "lost worker 2 (10.0.0.3:22220)" in message
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"heartbeat_timeout_seconds": 0}, "distribution.heartbeat_timeout_seconds must be a positive"),
+    ({"heartbeat_timeout_seconds": 2.5}, "distribution.heartbeat_timeout_seconds"),
+    ({"collective_timeout_seconds": -1}, "distribution.collective_timeout_seconds must be a "),
+])
+def test_bad_multi_worker_timeouts_raise_config_error(monkeypatch, kwargs, match):
+  monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["127.0.0.1:1"]}, '
+                                  '"task": {"type": "worker", "index": 0}}')
+  with pytest.raises(ConfigError, match=match):
+    make_strategy("multi_worker", **kwargs)
+
+
+def test_local_strategies_are_single_worker_chiefs():
+  strategy = make_strategy("mirrored", cpu_devices=2)
+  assert distribute.is_chief(strategy) and not distribute.is_multi_worker(strategy)
+  assert distribute.task_name(strategy) == "single"

@@ -7,13 +7,14 @@ import tensorflow as tf
 
 from toy_task import DelayTask
 from trainer import runtime
-from trainer.loop import EvalLoop, TrainLoop, state_paths
+from trainer import distribute
+from trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, state_paths
 from trainer.train_step import NonFiniteCounters
 
 ROWS = 4
 
 
-def make_loop(**task_kwargs):
+def make_loop(loop_kwargs=None, **task_kwargs):
   runtime.seed_everything(5)
   task = DelayTask(batch_size=ROWS, units=8, **task_kwargs)
   batch = task.train_batch(tf.constant(0, tf.int64), 0, ROWS)
@@ -23,7 +24,8 @@ def make_loop(**task_kwargs):
   step = tf.Variable(0, dtype=tf.int64)
   counters = NonFiniteCounters(tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
   loop = TrainLoop(tf.distribute.get_strategy(), task, optimizer, global_step=step,
-                   counters=counters, rows=ROWS, clip_norm=1.0, max_nonfinite_steps=3)
+                   counters=counters, rows=ROWS, clip_norm=1.0, max_nonfinite_steps=3,
+                   **(loop_kwargs or {}))
   return task, loop, step, counters
 
 
@@ -77,3 +79,53 @@ def test_state_paths_name_nested_states():
   assert state_paths(state) == ["0/h", "0/c", "1/h", "1/c"]
   assert state_paths({"b": 1, "a": [2, 3]}) == ["a/0", "a/1", "b"]
   assert state_paths(tf.zeros([2])) == ["state"]
+
+
+def test_a_stop_request_ends_the_loop_after_one_step_and_can_be_withdrawn():
+  stop = tf.Variable(0.0)
+  task, loop, step, _ = make_loop({"stop_request": stop})
+  state, outputs = loop(4, task.initial_state(ROWS))
+  assert outputs.steps == 4 and not outputs.stopped
+  stop.assign(1.0)
+  state, outputs = loop(10, state)
+  assert outputs.steps == 1 and outputs.stopped and int(step.numpy()) == 5
+  stop.assign(0.0)
+  _, outputs = loop(3, state)
+  assert outputs.steps == 3 and not outputs.stopped and loop.tracing_count == 1
+
+
+def test_a_stop_request_of_one_replica_stops_every_replica():
+  strategy = distribute.make_strategy("mirrored", cpu_devices=2)
+  with strategy.scope():
+    task = DelayTask(batch_size=ROWS, units=8)
+    task.model(task.train_batch(tf.constant(0, tf.int64), 0, ROWS // 2)["inputs"],
+               task.initial_state(ROWS // 2))
+    optimizer = keras.optimizers.Adam(0.01)
+    optimizer.build(task.model.trainable_variables)
+    first = tf.VariableAggregation.ONLY_FIRST_REPLICA
+    step = tf.Variable(0, dtype=tf.int64, aggregation=first)
+    counters = NonFiniteCounters(*(tf.Variable(0, dtype=tf.int64, aggregation=first)
+                                   for _ in range(2)))
+    # A different value on each replica: only the second one asks to stop.
+    stop = tf.Variable(0.0, synchronization=tf.VariableSynchronization.ON_READ,
+                       aggregation=tf.VariableAggregation.SUM)
+  strategy.extended.update(stop, lambda v: v.assign(0.0))
+  stop.values[1].assign(1.0)
+  loop = TrainLoop(strategy, task, optimizer, global_step=step, counters=counters,
+                   rows=ROWS // 2, clip_norm=1.0, max_nonfinite_steps=3, stop_request=stop)
+  state = strategy.experimental_distribute_values_from_function(
+      lambda _: task.initial_state(ROWS // 2))
+  _, outputs = loop(5, state)
+  assert outputs.steps == 1 and outputs.stopped
+
+
+def test_injected_steps_are_poisoned_the_first_time_only():
+  first_untaken = tf.Variable(0, dtype=tf.int64)
+  injection = NonFiniteInjection(tf.constant([1, 2], tf.int64), first_untaken)
+  task, loop, step, counters = make_loop({"injection": injection})
+  state, outputs = loop(4, task.initial_state(ROWS))
+  np.testing.assert_array_equal(np.isfinite(outputs.loss), [True, False, False, True])
+  assert int(first_untaken.numpy()) == 4
+  step.assign(0)  # Replayed (as after a rollback): nothing is poisoned.
+  _, outputs = loop(4, state)
+  assert np.all(np.isfinite(outputs.loss)) and int(counters.total.numpy()) == 2
