@@ -89,7 +89,9 @@ def test_ptb_configs_follow_zaremba(config, units, seq_len, dropout, init_scale,
   kernel = cells[0].kernel.numpy()
   assert abs(kernel).max() <= init_scale and abs(kernel).max() > 0.9 * init_scale
   assert isinstance(trainer.optimizer, keras.optimizers.SGD)
-  schedule = trainer.optimizer._learning_rate  # Keras exposes only the current rate publicly.
+  # Keras exposes only the current rate publicly; the Trainer scales the schedule by its
+  # rollback factor (optimizers.Scaled).
+  schedule = trainer.optimizer._learning_rate.schedule
   assert isinstance(schedule, optimizers.EpochDecay)
   assert schedule.learning_rate == 1.0 and schedule.decay == pytest.approx(decay)
   assert schedule.decay_start_epoch == start
