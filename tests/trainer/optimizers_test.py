@@ -6,6 +6,7 @@ import gin
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from trainer import optimizers
 from trainer.errors import ConfigError
@@ -91,3 +92,18 @@ def test_loss_scaling_wraps_in_loss_scale_optimizer():
 def test_bad_learning_rate_names_the_gin_parameter(learning_rate):
   with pytest.raises(ConfigError, match="Trainer.learning_rate"):
     optimizers.build_optimizer(optimizers.SGD, learning_rate)
+
+
+@pytest.mark.parametrize("schedule", [None, optimizers.EpochDecay])
+def test_factor_variable_scales_the_rate_or_schedule_it_is_given(schedule):
+  factor = tf.Variable(1.0)
+  kwargs = dict(decay=0.5, decay_start_epoch=1) if schedule else {}
+  factory = (lambda lr, **kw: schedule(lr, **kw, **kwargs)) if schedule else None
+  optimizer = optimizers.build_optimizer(optimizers.SGD, 2.0, factory, steps_per_epoch=10,
+                                         factor=factor)
+  optimizer.build([tf.Variable(1.0)])
+  optimizer.iterations.assign(10)  # Epoch 2: EpochDecay halves the rate.
+  base = 1.0 if schedule else 2.0
+  assert float(optimizer.learning_rate) == pytest.approx(base)
+  factor.assign(0.25)
+  assert float(optimizer.learning_rate) == pytest.approx(base * 0.25)
