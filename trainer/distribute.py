@@ -196,12 +196,15 @@ _CONNECTION_LOST = ("socket closed", "connection reset", "connection refused", "
 
 
 def lost_worker_message(strategy: tf.distribute.Strategy, error: tf.errors.OpError,
-                        step: int) -> str:
+                        step: int) -> str | None:
   """One line for a collective that failed because a peer died or hung, naming the peer.
 
   TensorFlow names the peer either by task (`/job:worker/replica:0/task:1`, when the coordination
   service saw its heartbeats stop) or by address (`ipv4:127.0.0.1:2223`, when a connection to it
   was refused); both are mapped to 'worker 1 (127.0.0.1:2223)'.
+
+  Returns:
+    The message, or None if the error names no peer and is not of a kind a lost peer causes.
   """
   resolver = _resolver(strategy)
   cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
@@ -209,7 +212,8 @@ def lost_worker_message(strategy: tf.distribute.Strategy, error: tf.errors.OpErr
   return describe_lost_worker(cluster, me, error, step)
 
 
-def describe_lost_worker(cluster: dict, me: tuple | None, error: Exception, step: int) -> str:
+def describe_lost_worker(cluster: dict, me: tuple | None, error: Exception,
+                         step: int) -> str | None:
   """`lost_worker_message` for a cluster {job: [address, ...]} seen from task `me` (job, index)."""
   text = str(getattr(error, "message", None) or error)
   lost = []
@@ -223,6 +227,10 @@ def describe_lost_worker(cluster: dict, me: tuple | None, error: Exception, step
         named = re.search(re.escape(address) + r"(?!\d)", text)
         if named and (job, index) != me:
           lost.append((job, index))
+  peer_errors = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                 tf.errors.AbortedError)
+  if not lost and not isinstance(error, peer_errors):
+    return None
   lower = text.lower()
   if "heartbeat" in lower:
     why = "it stopped sending heartbeats (dead, frozen or unreachable)"

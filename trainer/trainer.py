@@ -189,7 +189,7 @@ class Trainer:
       self._state_structure = initial
       self._state_variables = [self._variable(tf.zeros_like(t), t.dtype, f"train_state/{p}")
                                for t, p in zip(tf.nest.flatten(initial), state_paths(initial))]
-      # Not checkpointed: set by the signal thread, read by the loop before every step.
+      # Not checkpointed: set by the signal thread, read by the loop in every step.
       self._stop_request = self._variable(0.0, tf.float32, "stop_request")
       injection = None
       if injection_steps:
@@ -347,8 +347,10 @@ class Trainer:
       yield
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
             tf.errors.CancelledError, tf.errors.InternalError) as e:
-      step = int(self.global_step.value().numpy()) if self.global_step is not None else 0
-      raise TrainingError(distribute.lost_worker_message(self.strategy, e, step)) from None
+      message = distribute.lost_worker_message(self.strategy, e, self.step)
+      if message is None:
+        raise
+      raise TrainingError(message) from None
 
   # -- runner interface (driven by the Controller) -------------------------------------------------
 

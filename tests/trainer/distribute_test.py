@@ -97,8 +97,8 @@ REFUSED = ("{{function_node __inference_<lambda>_3805}} Collective ops is aborte
     (tf.errors.DeadlineExceededError(None, None, "Collective timed out on /job:worker/task:2"),
      ("worker", 0), "lost worker 2 (10.0.0.3:22220) at step 7: a collective op waited longer "
      "than distribution.collective_timeout_seconds"),
-    (tf.errors.InternalError(None, None, "something else\nmore"), ("worker", 0),
-     "lost a worker at step 7: something else;"),
+    (tf.errors.AbortedError(None, None, "Collective ops is aborted by: something else\nmore"),
+     ("worker", 0), "lost a worker at step 7: Collective ops is aborted by: something else;"),
 ])
 def test_lost_worker_is_named_by_task_or_by_address(error, me, expected):
   message = distribute.describe_lost_worker(CLUSTER, me, error, 7)
@@ -106,6 +106,11 @@ def test_lost_worker_is_named_by_task_or_by_address(error, me, expected):
   assert message.endswith("restart every worker with the same command to resume from the last "
                           "checkpoint")
   assert "\n" not in message
+
+
+def test_errors_that_name_no_peer_are_not_blamed_on_one():
+  error = tf.errors.InternalError(None, None, "a kernel failed")
+  assert distribute.describe_lost_worker(CLUSTER, ("worker", 0), error, 7) is None
 
 
 def test_an_address_is_not_matched_inside_a_longer_port():
