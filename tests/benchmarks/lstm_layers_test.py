@@ -1,20 +1,10 @@
 """Keeps benchmarks/lstm_layers.py runnable: a quick run of its main() and its target checks."""
 
-import importlib.util
-import pathlib
 import re
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "lstm_layers.py"
+import benchmark_scripts
 
-
-def _load():
-  spec = importlib.util.spec_from_file_location("lstm_layers_benchmark", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load()
+bench = benchmark_scripts.load("lstm_layers")
 
 
 def test_quick_run_prints_a_table_with_every_candidate(capsys):

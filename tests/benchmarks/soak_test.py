@@ -1,23 +1,13 @@
 """Keeps benchmarks/soak.py runnable; a short soak must retrace nothing after its warm-up."""
 
-import importlib.util
-import pathlib
 import re
 
 import pytest
 import tensorflow as tf
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "soak.py"
+import benchmark_scripts
 
-
-def _load():
-  spec = importlib.util.spec_from_file_location("soak_benchmark", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-soak = _load()
+soak = benchmark_scripts.load("soak")
 
 
 @pytest.mark.slow

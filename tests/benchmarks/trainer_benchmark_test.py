@@ -1,22 +1,12 @@
 """Keeps benchmarks/trainer.py runnable: a quick run of its main() and its target checks."""
 
-import importlib.util
-import pathlib
 import re
 
 import pytest
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "trainer.py"
+import benchmark_scripts
 
-
-def _load():
-  spec = importlib.util.spec_from_file_location("trainer_benchmark", SCRIPT)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-bench = _load()
+bench = benchmark_scripts.load("trainer")
 CANDIDATES = ("trainer", "trainer/tbptt", "bare", "fit", "fit/spe")
 
 
