@@ -170,13 +170,13 @@ class LSTM(StatefulCallLayer):
     zoneout = cell.zoneout_keep([steps, batch_size], training)
     per_step_zoneout = zoneout is not None and zoneout[0].shape.rank == 3
     # Project all steps' inputs before the loop (one large matmul) unless the inputs are narrower than the
-    # cell: then the [T, B, 4u] projection costs more to store and restack than T small matmuls save.
-    # Layer norm always projects before the loop, so its input statistics stay out of the loop too.
-    hoist = cell.layer_norm or cell.input_dim >= cell.units
-    weights = cell.step_weights(with_input_weights=not hoist)
+    # cell: then the [T, B, 4u] projection (and its gradient) costs more to store and restack than T
+    # small matmuls save. This holds with layer norm too.
+    hoist = cell.input_dim >= cell.units
+    weights = cell.step_weights(with_input_weights=not hoist, batch_size=batch_size)
 
     def step_fn(x_or_xz, state, zoneout_t):
-      xz = x_or_xz if hoist else tf.matmul(x_or_xz, weights["kernel"]) + weights["bias"]
+      xz = x_or_xz if hoist else cell.project_step(x_or_xz, weights)
       return cell.recurrent_step(xz, state, weights, recurrent_mask,
                                  zoneout_t if per_step_zoneout else zoneout)
 

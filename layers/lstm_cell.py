@@ -3,6 +3,7 @@
 The step is split in two so that a sequence layer can hoist the part that does not depend on time:
 
   input_projection(x)           -> LN_in(x K) + b           (one matmul for all steps of a sequence)
+  project_step(x_t, weights)    -> the same for one step     (inside the loop, for narrow inputs)
   recurrent_step(xz, state)     -> gates from xz + LN_rec(h R), new state
 
 Weight layout and gate order (i, f, c, o) are Keras's, so weights copy to and from `keras.layers.LSTM`.
@@ -28,7 +29,7 @@ def _scaled_norm(v, gamma, epsilon):
   """gamma * (v - mean) / sqrt(var + epsilon), with a hand-written gradient.
 
   The closed-form gradient takes about half the ops of the autodiff one; inside a time loop every op
-  counts. v [..., N], gamma [N].
+  counts. v [..., N], gamma [N] or already broadcast to v's shape.
   """
 
   @tf.custom_gradient
@@ -41,8 +42,9 @@ def _scaled_norm(v, gamma, epsilon):
       dunit = dy * gamma
       dv = inv_std * (dunit - tf.reduce_mean(dunit, axis=-1, keepdims=True)
                       - unit * tf.reduce_mean(dunit * unit, axis=-1, keepdims=True))
-      batch_axes = list(range(dy.shape.rank - 1))
-      return dv, tf.reduce_sum(dy * unit, axis=batch_axes)
+      dgamma = dy * unit
+      batch_axes = list(range(dy.shape.rank - gamma.shape.rank))
+      return dv, tf.reduce_sum(dgamma, axis=batch_axes) if batch_axes else dgamma
 
     return unit * gamma, grad
 
@@ -235,26 +237,46 @@ class LSTMCell(StatefulCallLayer):
       xk += self._weight(self.recurrent_norm_beta)
     return xk + self._weight(self.bias)
 
-  def step_weights(self, with_input_weights: bool = False) -> dict:
+  def step_weights(self, with_input_weights: bool = False, batch_size=None) -> dict:
     """The weights the recurrent step reads, cast once (outside any time loop).
 
     Args:
-      with_input_weights: Also return `kernel` and `bias`, for projecting the inputs inside the loop
-        (only valid without layer norm).
+      with_input_weights: Also return what `project_step` reads (`kernel`, `bias` and the input norm's
+        gamma), for projecting the inputs inside the loop.
+      batch_size: If given, the per-unit vectors (bias, peepholes, layer norm gamma and beta) are
+        broadcast to [B, N] here. Inside a time loop the gradient of a [N] vector is then summed over
+        the batch once, after the loop, instead of at every step.
     """
     s = self.state_dtype
+
+    def per_row(v):
+      return v if batch_size is None else tf.broadcast_to(v, tf.stack([batch_size, tf.shape(v)[0]]))
+
     w = {"recurrent_kernel": self._weight(self.recurrent_kernel)}
     if with_input_weights:
-      w["kernel"], w["bias"] = self._weight(self.kernel), self._weight(self.bias)
+      w["kernel"] = self._weight(self.kernel)
+      bias = self._weight(self.bias)
+      if self.layer_norm:
+        w["input_norm_gamma"] = per_row(self._weight(self.input_norm_gamma))
+        bias += self._weight(self.input_norm_beta) + self._weight(self.recurrent_norm_beta)
+      w["bias"] = per_row(bias)
     if self.use_peepholes:
-      w["peepholes"] = tuple(self._weight(p, s) for p in (self.peephole_i, self.peephole_f,
-                                                           self.peephole_o))
+      w["peepholes"] = tuple(per_row(self._weight(p, s))
+                             for p in (self.peephole_i, self.peephole_f, self.peephole_o))
     if self.num_proj is not None:
       w["projection"] = self._weight(self.projection)
     if self.layer_norm:
-      w["recurrent_norm_gamma"] = self._weight(self.recurrent_norm_gamma)
-      w["cell_norm"] = (self._weight(self.cell_norm_gamma, s), self._weight(self.cell_norm_beta, s))
+      w["recurrent_norm_gamma"] = per_row(self._weight(self.recurrent_norm_gamma))
+      w["cell_norm"] = tuple(per_row(self._weight(v, s)) for v in (self.cell_norm_gamma,
+                                                                     self.cell_norm_beta))
     return w
+
+  def project_step(self, x, weights):
+    """`input_projection` of one step, from `step_weights(with_input_weights=True)`: x [B, F] -> [B, 4u]."""
+    xz = tf.matmul(tf.cast(x, self.compute_dtype), weights["kernel"])
+    if self.layer_norm:
+      xz = layer_norm(xz, weights["input_norm_gamma"], None, self.layer_norm_epsilon)
+    return xz + weights["bias"]
 
   def recurrent_step(self, xz, state: LSTMState, weights: dict, recurrent_mask=None,
                      zoneout_keep=None):

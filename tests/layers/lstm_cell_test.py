@@ -111,6 +111,36 @@ def test_training_without_noise_equals_inference():
   np.testing.assert_array_equal(sa.c, sb.c)
 
 
+@pytest.mark.parametrize("variant", ["plain", "layer_norm", "everything"])
+def test_in_loop_pieces_equal_the_hoisted_step(variant):
+  # LSTM projects narrow inputs inside its loop (project_step) and broadcasts the per-unit weights to
+  # [B, N] (step_weights(batch_size=B)); both must give the step, and its gradients, of the plain path.
+  cell = _built_cell(**VARIANTS[variant])
+  x = tf.random.normal([B, F], seed=2)
+  state = LSTMState(tf.random.normal([B, cell.output_size], seed=3), tf.random.normal([B, U], seed=4))
+
+  def run(in_loop):
+    with tf.GradientTape() as tape:
+      if in_loop:
+        weights = cell.step_weights(with_input_weights=True, batch_size=B)
+        xz = cell.project_step(x, weights)
+      else:
+        weights = cell.step_weights()
+        xz = cell.input_projection(x)
+      output, new_state = cell.recurrent_step(xz, state, weights)
+      loss = tf.reduce_sum(tf.sin(output)) + tf.reduce_sum(tf.cos(new_state.c))
+    return output, new_state.c, tape.gradient(loss, cell.trainable_variables)
+
+  hoisted, in_loop = run(False), run(True)
+  if variant != "plain":
+    per_unit = cell.step_weights(batch_size=B)["cell_norm"][0]
+    assert per_unit.shape == (B, U), "per-unit weights are broadcast to [B, U]"
+  np.testing.assert_allclose(in_loop[0], hoisted[0], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(in_loop[1], hoisted[1], rtol=1e-6, atol=1e-6)
+  for variable, a, b in zip(cell.trainable_variables, in_loop[2], hoisted[2]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=variable.name)
+
+
 def test_state_size_and_initial_state():
   cell = LSTMCell(U, num_proj=2)
   state = cell.get_initial_state(4)
