@@ -39,6 +39,17 @@ MASK = np.array([[True, True, True, True, True],
 
 # -- the NumPy reference ---------------------------------------------------------------------------
 
+def _assert_matches_reference(lstm, x, state, outputs, final, mask=None):
+  """outputs [B, T, out] and the final state equal the NumPy reference run from `state` (TOL)."""
+  kwargs = reference_kwargs(lstm.cell)
+  if mask is not None:
+    kwargs["mask"] = mask
+  ref_out, ref_h, ref_c = numpy_reference.lstm_sequence(
+      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), **kwargs)
+  np.testing.assert_allclose(outputs, ref_out, **TOL)
+  np.testing.assert_allclose(final.h, ref_h, **TOL)
+  np.testing.assert_allclose(final.c, ref_c, **TOL)
+
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_sequence_matches_numpy_reference(variant, compiled):
@@ -48,11 +59,7 @@ def test_sequence_matches_numpy_reference(variant, compiled):
   outputs, final = run(tf.constant(x), initial_state=state)
   assert isinstance(final, LSTMState)
   assert outputs.shape == (B, T, lstm.cell.output_size)
-  ref_out, ref_h, ref_c = numpy_reference.lstm_sequence(
-      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), **reference_kwargs(lstm.cell))
-  np.testing.assert_allclose(outputs, ref_out, **TOL)
-  np.testing.assert_allclose(final.h, ref_h, **TOL)
-  np.testing.assert_allclose(final.c, ref_c, **TOL)
+  _assert_matches_reference(lstm, x, state, outputs, final)
 
 
 # Inputs at least as wide as the cell are projected before the time loop, narrower ones inside it: both
@@ -67,12 +74,7 @@ def test_wide_inputs_match_numpy_reference(variant, compiled):
   run = tf.function(lstm) if compiled else lstm
   x, state = _normal(40, B, T, WIDE_F), _random_state(lstm, 41)
   outputs, final = run(tf.constant(x), initial_state=state, mask=tf.constant(MASK))
-  ref_out, ref_h, ref_c = numpy_reference.lstm_sequence(
-      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), mask=MASK,
-      **reference_kwargs(lstm.cell))
-  np.testing.assert_allclose(outputs, ref_out, **TOL)
-  np.testing.assert_allclose(final.h, ref_h, **TOL)
-  np.testing.assert_allclose(final.c, ref_c, **TOL)
+  _assert_matches_reference(lstm, x, state, outputs, final, mask=MASK)
 
 
 def test_wide_inputs_match_keras_lstm_with_gradients():
@@ -101,13 +103,8 @@ def test_masked_sequence_matches_numpy_reference():
   lstm = lstm_of(**VARIANTS["everything"])
   x, state = _normal(12, B, T, F), _random_state(lstm, 13)
   outputs, final = lstm(x, initial_state=state, mask=tf.constant(MASK))
-  ref_out, ref_h, ref_c = numpy_reference.lstm_sequence(
-      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), mask=MASK,
-      **reference_kwargs(lstm.cell))
-  np.testing.assert_allclose(outputs, ref_out, **TOL)
+  _assert_matches_reference(lstm, x, state, outputs, final, mask=MASK)
   np.testing.assert_array_equal(outputs.numpy()[~MASK], 0.0)
-  np.testing.assert_allclose(final.h, ref_h, **TOL)
-  np.testing.assert_allclose(final.c, ref_c, **TOL)
 
 
 def test_numpy_reference_matches_keras_lstm():

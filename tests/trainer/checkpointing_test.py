@@ -1,6 +1,5 @@
 """Checkpoint files, retention, the best checkpoint, misfits and interrupted saves."""
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
+from file_digest import digest
 from trainer.checkpointing import Checkpointer, is_complete
 from trainer.errors import ConfigError
 
@@ -21,16 +21,6 @@ def make(directory, shape=(3,), max_to_keep=2, extra=False):
   if extra:
     objects["b"] = tf.Variable(1.0)
   return objects, Checkpointer(str(directory), max_to_keep=max_to_keep, **objects)
-
-
-def digest(directory):
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      with open(os.path.join(root, name), "rb") as f:
-        path = os.path.relpath(os.path.join(root, name), directory)
-        files[path] = hashlib.sha256(f.read()).hexdigest()
-  return files
 
 
 def test_save_names_files_by_step_keeps_the_newest_and_restores_the_newest(tmp_path):

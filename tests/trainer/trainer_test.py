@@ -1,6 +1,5 @@
 """The Trainer end to end on the toy task: what lands in model_dir, resumption, parity, failures."""
 
-import hashlib
 import math
 import os
 import signal
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from file_digest import digest
 from toy_task import DelayTask
 from trainer import Trainer, runtime
 from trainer.controller import TrainingInterrupted
@@ -53,16 +53,6 @@ distribution.cpu_devices = 0
 
 def weights(model):
   return [np.array(v) for v in model.weights]
-
-
-def digest(directory):
-  out = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      with open(os.path.join(root, name), "rb") as f:
-        path = os.path.relpath(os.path.join(root, name), directory)
-        out[path] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 @pytest.fixture(scope="module")
