@@ -8,6 +8,7 @@ milliseconds per step and the ratios.
   python benchmarks/lstm_layers.py                 # all shapes, 15 rounds
   python benchmarks/lstm_layers.py --shapes small --rounds 30
   python benchmarks/lstm_layers.py --quick         # smoke run: smallest shape, 2 rounds
+  python benchmarks/lstm_layers.py --threads 1      # one thread each: steadier ratios of op costs
 
 Targets (printed as PASS/FAIL): ours no slower than keras.layers.LSTM at every shape (ratio <= 1
 within `--noise`), the peephole and layer-norm variants within 1.3x of ours.
@@ -102,6 +103,21 @@ def candidates(shape: Shape) -> dict[str, Callable[[], float]]:
   return steps
 
 
+def set_threads(count: int) -> None:
+  """Runs TensorFlow (intra- and inter-op pools) and torch on `count` threads each.
+
+  With one thread the ratios measure the ops' own cost, without the scheduling of two pools on shared
+  cores, and move less from run to run. Must come before TensorFlow runs its first op.
+  """
+  try:
+    tf.config.threading.set_intra_op_parallelism_threads(count)
+    tf.config.threading.set_inter_op_parallelism_threads(count)
+  except RuntimeError as error:
+    raise SystemExit(f"--threads {count}: {error} Pass --threads only when starting the script.")
+  if torch is not None:
+    torch.set_num_threads(count)
+
+
 def thread_settings() -> str:
   def auto(n):
     return f"{n}" if n else f"auto ({os.cpu_count()} cores)"
@@ -167,14 +183,21 @@ def parse_args(argv):
                       help="ours/keras may exceed 1.0 by this fraction and still pass")
   parser.add_argument("--pause", type=float, default=0.01,
                       help="seconds of idle time before each timed step")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="run TensorFlow and torch on this many threads each (0: their defaults)")
   parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  if args.threads < 0:
+    parser.error(f"--threads must be 0 (the defaults) or a positive count, got {args.threads}")
+  return args
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
   shapes = SHAPES[args.shapes]
   rounds, warmup = args.rounds, args.warmup
+  if args.threads:
+    set_threads(args.threads)
   if args.quick:
     shapes, rounds, warmup = [QUICK_SHAPE], 2, 1
   results = {}

@@ -1,6 +1,12 @@
 """Keeps benchmarks/lstm_layers.py runnable: a quick run of its main() and its target checks."""
 
+import os
+import pathlib
 import re
+import subprocess
+import sys
+
+import pytest
 
 import benchmark_scripts
 
@@ -39,3 +45,27 @@ def test_strict_flag_and_shape_sets():
   assert bench.QUICK_SHAPE in bench.SHAPES["small"]
   assert set(bench.SHAPES["small"]) < set(bench.SHAPES["all"])
   assert bench.Shape(20, 35, 650, 650) in bench.SHAPES["all"]
+
+
+def test_threads_flag_is_checked():
+  assert bench.parse_args([]).threads == 0
+  assert bench.parse_args(["--threads", "1"]).threads == 1
+  with pytest.raises(SystemExit):
+    bench.parse_args(["--threads", "-1"])
+
+
+def test_threads_flag_after_tensorflow_started_exits_with_the_reason():
+  bench.tf.add(1, 1)  # TensorFlow has run an op: its pools are sized for good.
+  with pytest.raises(SystemExit, match="--threads 2: .*only when starting the script"):
+    bench.set_threads(2)
+
+
+@pytest.mark.slow
+def test_threads_flag_sets_every_pool():
+  # In a fresh process: TensorFlow's pools can only be sized before its first op.
+  script = pathlib.Path(bench.__file__)
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, str(script), "--quick", "--threads", "1"], env=env,
+                          capture_output=True, text=True, timeout=300, check=True)
+  assert "- threads: TF intra-op 1, inter-op 1" in result.stdout
+  assert ("torch 1" in result.stdout) == (bench.torch is not None)
