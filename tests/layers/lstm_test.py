@@ -41,14 +41,13 @@ MASK = np.array([[True, True, True, True, True],
 
 def _assert_matches_reference(lstm, x, state, outputs, final, mask=None):
   """outputs [B, T, out] and the final state equal the NumPy reference run from `state` (TOL)."""
-  kwargs = reference_kwargs(lstm.cell)
-  if mask is not None:
-    kwargs["mask"] = mask
   ref_out, ref_h, ref_c = numpy_reference.lstm_sequence(
-      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), **kwargs)
+      x, cell_weights(lstm.cell), state.h.numpy(), state.c.numpy(), mask=mask,
+      **reference_kwargs(lstm.cell))
   np.testing.assert_allclose(outputs, ref_out, **TOL)
   np.testing.assert_allclose(final.h, ref_h, **TOL)
   np.testing.assert_allclose(final.c, ref_c, **TOL)
+
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
