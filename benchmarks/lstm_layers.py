@@ -106,8 +106,8 @@ def candidates(shape: Shape) -> dict[str, Callable[[], float]]:
 def set_threads(count: int) -> None:
   """Runs TensorFlow (intra- and inter-op pools) and torch on `count` threads each.
 
-  With one thread the ratios measure the ops' own cost, without the scheduling of two pools on shared
-  cores, and move less from run to run. Must come before TensorFlow runs its first op.
+  With one thread the ratios measure the ops' own cost, without the scheduling of two pools on
+  shared cores, and move less from run to run. Must come before TensorFlow runs its first op.
   """
   try:
     tf.config.threading.set_intra_op_parallelism_threads(count)

@@ -1,7 +1,8 @@
 """What every benchmark shares: interleaved timing with medians, and a description of the machine.
 
-Shared machines are noisy: candidates are timed in rounds, each candidate once per round in a shuffled
-order, so that a change in load hits all of them alike; the median of the rounds is reported.
+Shared machines are noisy: candidates are timed in rounds, each candidate once per round in a
+shuffled order, so that a change in load hits all of them alike; the median of the rounds is
+reported.
 """
 
 import os

@@ -173,7 +173,8 @@ def fit_round(shape: Shape, steps: int, steps_per_execution: int) -> Callable[[]
   y = np.concatenate([streams[:, k * t + 1:(k + 1) * t + 1] for k in range(CHUNKS)])
   dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(shape.batch, drop_remainder=True)
   dataset = dataset.repeat()
-  # shuffle=False: the chunk order carries the state (and Keras would ignore it for a dataset, warning).
+  # shuffle=False: the chunk order carries the state. (Keras ignores shuffle for a dataset, but
+  # warns unless it is False.)
   return lambda: model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
 
 

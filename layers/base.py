@@ -8,9 +8,9 @@ import tensorflow as tf
 class StatefulCallLayer(keras.layers.Layer):
   """A Keras layer whose `call(inputs, state, ...)` gets the state untouched.
 
-  Keras casts every floating argument of `__call__` to the compute dtype; under mixed precision that would
-  round the carried state to float16. These layers cast their inputs themselves and keep the state in the
-  variable dtype (float32).
+  Keras casts every floating argument of `__call__` to the compute dtype; under mixed precision that
+  would round the carried state to float16. These layers cast their inputs themselves and keep the
+  state in the variable dtype (float32).
   """
 
   def __init__(self, **kwargs):

@@ -1,4 +1,4 @@
-"""The sequence layer: an `LSTMCell` run over time in a graph loop, with the state in and out explicitly."""
+"""The sequence layer: an `LSTMCell` run over time in a graph loop, state in and out explicitly."""
 
 from typing import NamedTuple
 
@@ -60,12 +60,14 @@ def recurrent_loop(step_fn, inputs: _StepInputs, state: LSTMState, output_size: 
 
 @keras.saving.register_keras_serializable(package="tbptt")
 class LSTM(StatefulCallLayer):
-  """An LSTM over a sequence: `outputs, final_state = lstm(x, initial_state=None, mask=None, training=False)`.
+  """An LSTM over a sequence, with the state passed in and returned explicitly.
 
-  The time loop is a `tf.while_loop` (eager, `tf.function`, `jit_compile=True`, unknown batch and time
-  sizes, `tf.distribute` all work). The input projection of every step is computed before the loop in one
-  matmul (unless the inputs are narrower than the cell, where per-step matmuls are cheaper); dropout masks
-  are drawn once per call (variational dropout).
+  `outputs, final_state = lstm(x, initial_state=None, mask=None, training=False)`.
+
+  The time loop is a `tf.while_loop` (eager, `tf.function`, `jit_compile=True`, unknown batch and
+  time sizes, `tf.distribute` all work). The input projection of every step is computed before the
+  loop in one matmul (unless the inputs are narrower than the cell, where per-step matmuls are
+  cheaper); dropout masks are drawn once per call (variational dropout).
 
   Args:
     units: Cell size u.
@@ -74,8 +76,8 @@ class LSTM(StatefulCallLayer):
     return_state: Return `(outputs, final_state)`; else only outputs.
     stateful: Keep the final state between calls (the batch size is fixed by the first call);
       `reset_state()` zeroes it. An explicit `initial_state` wins over the kept state.
-    **kwargs: `LSTMCell` arguments (use_peepholes, num_proj, layer_norm, dropout, ...) and Keras layer
-      arguments (name, dtype, ...).
+    **kwargs: `LSTMCell` arguments (use_peepholes, num_proj, layer_norm, dropout, ...) and Keras
+      layer arguments (name, dtype, ...).
   """
 
   def __init__(self, units: int, *, time_major: bool = False, return_sequences: bool = True,
@@ -103,8 +105,9 @@ class LSTM(StatefulCallLayer):
     if self.stateful:
       batch_size = input_shape[1 if self.time_major else 0]
       if batch_size is None:
-        raise ValueError(f"{self.name}: stateful=True needs a known batch size at the first call, got "
-                         f"input shape {tuple(input_shape)}; call it once eagerly or use a fixed-size Input")
+        raise ValueError(f"{self.name}: stateful=True needs a known batch size at the first call, "
+                         f"got input shape {tuple(input_shape)}; call it once eagerly or use a "
+                         "fixed-size Input")
       # autocast=False: the kept state is read in its own dtype (float32) under mixed precision.
       self.kept_state = LSTMState(*(
           self.add_weight(name=f"kept_{name}", shape=(batch_size, size), initializer="zeros",
@@ -119,7 +122,7 @@ class LSTM(StatefulCallLayer):
     return mask if self.return_sequences else None
 
   def get_initial_state(self, batch_size) -> LSTMState:
-    """Zero state: LSTMState(h [B, out], c [B, u]) in the state dtype (float32 under mixed precision)."""
+    """Zero LSTMState(h [B, out], c [B, u]) in the state dtype (float32 under mixed precision)."""
     return self.cell.get_initial_state(batch_size)
 
   def reset_state(self) -> None:
@@ -136,8 +139,8 @@ class LSTM(StatefulCallLayer):
     Args:
       inputs: [B, T, F] ([T, B, F] if time_major).
       initial_state: Optional LSTMState(h [B, out], c [B, u]); zeros (or the kept state) if None.
-      mask: Optional [B, T] bool ([T, B] if time_major); a False step carries the state unchanged and
-        its output is zero.
+      mask: Optional [B, T] bool ([T, B] if time_major); a False step carries the state unchanged
+        and its output is zero.
       training: Apply dropout and sampled zoneout.
 
     Returns:
@@ -169,9 +172,9 @@ class LSTM(StatefulCallLayer):
       x *= input_mask[None]
     zoneout = cell.zoneout_keep([steps, batch_size], training)
     per_step_zoneout = zoneout is not None and zoneout[0].shape.rank == 3
-    # Project all steps' inputs before the loop (one large matmul) unless the inputs are narrower than the
-    # cell: then the [T, B, 4u] projection (and its gradient) costs more to store and restack than T
-    # small matmuls save. This holds with layer norm too.
+    # Project all steps' inputs before the loop (one large matmul) unless the inputs are narrower
+    # than the cell: then the [T, B, 4u] projection (and its gradient) costs more to store and
+    # restack than T small matmuls save. This holds with layer norm too.
     hoist = cell.input_dim >= cell.units
     weights = cell.step_weights(with_input_weights=not hoist, batch_size=batch_size)
 

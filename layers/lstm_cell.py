@@ -6,9 +6,11 @@ The step is split in two so that a sequence layer can hoist the part that does n
   project_step(x_t, weights)    -> the same for one step     (inside the loop, for narrow inputs)
   recurrent_step(xz, state)     -> gates from xz + LN_rec(h R), new state
 
-Weight layout and gate order (i, f, c, o) are Keras's, so weights copy to and from `keras.layers.LSTM`.
+Weight layout and gate order (i, f, c, o) are Keras's, so weights copy to and from
+`keras.layers.LSTM`.
 """
 
+import functools
 from typing import Any
 
 import keras
@@ -20,7 +22,7 @@ from layers.state import LSTMState, zero_state
 
 
 def layer_norm(v, gamma, beta, epsilon):
-  """(v - mean) / sqrt(var + epsilon) * gamma + beta over the last axis of v (no shift if beta is None)."""
+  """gamma * (v - mean) / sqrt(var + epsilon) + beta on the last axis; no shift if beta is None."""
   normalized = _scaled_norm(v, gamma, epsilon)
   return normalized if beta is None else normalized + beta
 
@@ -64,7 +66,8 @@ def lstm_gates(z, c_prev, peepholes=None, cell_clip=None, cell_norm=None):
     z: Pre-activations [B, 4u] in gate order i, f, c, o.
     c_prev: Previous cell state [B, u].
     peepholes: Optional (p_i, p_f, p_o), each [u].
-    cell_clip: Optional positive float; c(t) is clipped to +-cell_clip and the clipped value is carried.
+    cell_clip: Optional positive float; c(t) is clipped to +-cell_clip and the clipped value is
+      carried.
     cell_norm: Optional callable applied to c(t) before the output tanh (layer norm).
 
   Returns:
@@ -94,14 +97,14 @@ class LSTMCell(StatefulCallLayer):
     h(t) = clip(h @ P, +-proj_clip)                   (only with num_proj; Sak et al. 2014)
     zoneout: each unit keeps its previous value with probability p in training; at inference
              c(t) = p_c c(t-1) + (1 - p_c) c(t),  h(t) = p_h h(t-1) + (1 - p_h) h(t).
-  Dropout is variational (Gal & Ghahramani 2016): one mask on x and one on h(t-1) per sequence. A standalone
-  cell draws masks at every call unless given `dropout_masks` (see `get_dropout_masks`); `LSTM` draws them
-  once per sequence.
+  Dropout is variational (Gal & Ghahramani 2016): one mask on x and one on h(t-1) per sequence. A
+  standalone cell draws masks at every call unless given `dropout_masks` (see `get_dropout_masks`);
+  `LSTM` draws them once per sequence.
 
   Weights: `kernel` [F, 4u], `recurrent_kernel` [out, 4u], `bias` [4u]; `peephole_i|f|o` [u];
   `projection` [u, num_proj]; layer norm `input_norm_gamma|beta`, `recurrent_norm_gamma|beta` [4u],
-  `cell_norm_gamma|beta` [u]. Under a mixed-precision policy the matmuls run in the compute dtype and the
-  state is kept in the variable dtype (float32).
+  `cell_norm_gamma|beta` [u]. Under a mixed-precision policy the matmuls run in the compute dtype
+  and the state is kept in the variable dtype (float32).
 
   Args:
     units: Cell size u, a positive integer.
@@ -109,7 +112,8 @@ class LSTMCell(StatefulCallLayer):
     num_proj: If set, project h to this many units.
     proj_clip: If set (with num_proj), clip the projected h to +-proj_clip.
     cell_clip: If set, clip c(t) to +-cell_clip.
-    layer_norm: Layer-normalise the input and recurrent pre-activations and the cell state (Ba et al. 2016).
+    layer_norm: Layer-normalise the input and recurrent pre-activations and the cell state
+      (Ba et al. 2016).
     layer_norm_epsilon: Added to the variance in layer norm.
     unit_forget_bias: Initialise the forget-gate bias to 1.
     dropout: Variational dropout rate on the inputs, in [0, 1).
@@ -118,7 +122,8 @@ class LSTMCell(StatefulCallLayer):
     zoneout_hidden: Zoneout rate on h, in [0, 1).
     kernel_initializer, recurrent_initializer, bias_initializer, projection_initializer,
     peephole_initializer: Keras initializers.
-    kernel_regularizer, recurrent_regularizer, bias_regularizer, projection_regularizer: Keras regularizers.
+    kernel_regularizer, recurrent_regularizer, bias_regularizer, projection_regularizer:
+      Keras regularizers.
     seed: Seed for the dropout and zoneout noise.
     **kwargs: Keras layer arguments (name, dtype, ...).
   """
@@ -128,7 +133,8 @@ class LSTMCell(StatefulCallLayer):
                layer_norm: bool = False, layer_norm_epsilon: float = 1e-3,
                unit_forget_bias: bool = True, dropout: float = 0.0, recurrent_dropout: float = 0.0,
                zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0,
-               kernel_initializer: Any = "glorot_uniform", recurrent_initializer: Any = "orthogonal",
+               kernel_initializer: Any = "glorot_uniform",
+               recurrent_initializer: Any = "orthogonal",
                bias_initializer: Any = "zeros", projection_initializer: Any = "glorot_uniform",
                peephole_initializer: Any = "glorot_uniform", kernel_regularizer: Any = None,
                recurrent_regularizer: Any = None, bias_regularizer: Any = None,
@@ -184,7 +190,8 @@ class LSTMCell(StatefulCallLayer):
     self.kernel = self.add_weight(name="kernel", shape=(self.input_dim, 4 * u),
                                   initializer=self.kernel_initializer,
                                   regularizer=self.kernel_regularizer)
-    self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(self.output_size, 4 * u),
+    self.recurrent_kernel = self.add_weight(name="recurrent_kernel",
+                                            shape=(self.output_size, 4 * u),
                                             initializer=self.recurrent_initializer,
                                             regularizer=self.recurrent_regularizer)
     if self.unit_forget_bias:
@@ -215,7 +222,7 @@ class LSTMCell(StatefulCallLayer):
         setattr(self, f"{prefix}_beta", self.add_weight(name=f"{prefix}_beta", shape=(size,),
                                                         initializer="zeros"))
 
-  # -- pieces used by the sequence layer ------------------------------------------------------------
+  # -- pieces used by the sequence layer -----------------------------------------------------------
 
   def _weight(self, variable, dtype=None):
     return tf.cast(tf.convert_to_tensor(variable.value), dtype or self.compute_dtype)
@@ -223,14 +230,16 @@ class LSTMCell(StatefulCallLayer):
   def input_projection(self, x):
     """LN_in(x K) + b (+ the recurrent norm's shift) for any leading shape: x [..., F] -> [..., 4u].
 
-    This is the part of the step that does not depend on the state, so a sequence layer computes it for
-    every time step in one matmul before the recurrent loop. The constant shift of LN_rec is added here
-    too (z is a sum), which takes one op and one per-step reduction out of the loop. Compute dtype.
+    This is the part of the step that does not depend on the state, so a sequence layer computes it
+    for every time step in one matmul before the recurrent loop. The constant shift of LN_rec is
+    added here too (z is a sum), which takes one op and one per-step reduction out of the loop.
+    Compute dtype.
     """
     validation.check_features(self.name, x, self.input_dim)
     x = tf.cast(x, self.compute_dtype)
     kernel = self._weight(self.kernel)
-    xk = tf.matmul(x, kernel) if x.shape.rank == 2 else tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]])
+    xk = (tf.matmul(x, kernel) if x.shape.rank == 2
+          else tf.tensordot(x, kernel, [[x.shape.rank - 1], [0]]))
     if self.layer_norm:
       xk = layer_norm(xk, self._weight(self.input_norm_gamma), self._weight(self.input_norm_beta),
                       self.layer_norm_epsilon)
@@ -241,11 +250,11 @@ class LSTMCell(StatefulCallLayer):
     """The weights the recurrent step reads, cast once (outside any time loop).
 
     Args:
-      with_input_weights: Also return what `project_step` reads (`kernel`, `bias` and the input norm's
-        gamma), for projecting the inputs inside the loop.
+      with_input_weights: Also return what `project_step` reads (`kernel`, `bias` and the input
+        norm's gamma), for projecting the inputs inside the loop.
       batch_size: If given, the per-unit vectors (bias, peepholes, layer norm gamma and beta) are
-        broadcast to [B, N] here. Inside a time loop the gradient of a [N] vector is then summed over
-        the batch once, after the loop, instead of at every step.
+        broadcast to [B, N] here. Inside a time loop the gradient of a [N] vector is then summed
+        over the batch once, after the loop, instead of at every step.
     """
     s = self.state_dtype
 
@@ -267,12 +276,17 @@ class LSTMCell(StatefulCallLayer):
       w["projection"] = self._weight(self.projection)
     if self.layer_norm:
       w["recurrent_norm_gamma"] = per_row(self._weight(self.recurrent_norm_gamma))
-      w["cell_norm"] = tuple(per_row(self._weight(v, s)) for v in (self.cell_norm_gamma,
-                                                                     self.cell_norm_beta))
+      w["cell_norm"] = tuple(per_row(self._weight(v, s))
+                             for v in (self.cell_norm_gamma, self.cell_norm_beta))
     return w
 
   def project_step(self, x, weights):
-    """`input_projection` of one step, from `step_weights(with_input_weights=True)`: x [B, F] -> [B, 4u]."""
+    """One step's `input_projection`: x [B, F] -> [B, 4u].
+
+    Args:
+      x: Inputs of one step [B, F].
+      weights: `step_weights(with_input_weights=True)`.
+    """
     xz = tf.matmul(tf.cast(x, self.compute_dtype), weights["kernel"])
     if self.layer_norm:
       xz = layer_norm(xz, weights["input_norm_gamma"], None, self.layer_norm_epsilon)
@@ -286,9 +300,10 @@ class LSTMCell(StatefulCallLayer):
       xz: `input_projection(x_t)` [B, 4u] (compute dtype).
       state: LSTMState(h [B, out], c [B, u]) in the state dtype.
       weights: `step_weights()`.
-      recurrent_mask: Optional variational dropout mask on h(t-1) [B, out] (already scaled by 1/(1-p)).
-      zoneout_keep: Optional (keep_c [B, u], keep_h [B, out]) in the state dtype: in training a 0/1 mask
-        (1 keeps the previous value), at inference the constant rate.
+      recurrent_mask: Optional variational dropout mask on h(t-1) [B, out] (already scaled by
+        1/(1-p)).
+      zoneout_keep: Optional (keep_c [B, u], keep_h [B, out]) in the state dtype: in training a 0/1
+        mask (1 keeps the previous value), at inference the constant rate.
 
     Returns:
       (output [B, out] in the compute dtype, new LSTMState in the state dtype).
@@ -304,12 +319,12 @@ class LSTMCell(StatefulCallLayer):
     cell_norm = None
     if self.layer_norm:
       gamma, beta = weights["cell_norm"]
-
-      def cell_norm(c):
-        return layer_norm(c, gamma, beta, self.layer_norm_epsilon)
+      cell_norm = functools.partial(layer_norm, gamma=gamma, beta=beta,
+                                    epsilon=self.layer_norm_epsilon)
     h, c = lstm_gates(z, c_prev, weights.get("peepholes"), self.cell_clip, cell_norm)
     if self.num_proj is not None:
-      h = tf.cast(tf.matmul(tf.cast(h, self.compute_dtype), weights["projection"]), self.state_dtype)
+      h = tf.cast(tf.matmul(tf.cast(h, self.compute_dtype), weights["projection"]),
+                  self.state_dtype)
       if self.proj_clip is not None:
         h = tf.clip_by_value(h, -self.proj_clip, self.proj_clip)
     if zoneout_keep is not None:
@@ -319,7 +334,11 @@ class LSTMCell(StatefulCallLayer):
     return tf.cast(h, self.compute_dtype), LSTMState(h=h, c=c)
 
   def get_dropout_masks(self, batch_size, training=False):
-    """Variational dropout masks for one sequence: (input_mask [B, F] or None, recurrent_mask [B, out] or None)."""
+    """Variational dropout masks for one sequence.
+
+    Returns:
+      (input_mask [B, F] or None, recurrent_mask [B, out] or None).
+    """
     def mask(rate, size):
       if not training or rate == 0.0:
         return None
@@ -328,7 +347,7 @@ class LSTMCell(StatefulCallLayer):
     return mask(self.dropout, self.input_dim), mask(self.recurrent_dropout, self.output_size)
 
   def zoneout_keep(self, shape_prefix, training=False):
-    """Zoneout keep factors for c and h: masks of shape shape_prefix + [size] in training, rates at inference.
+    """Zoneout keep factors of c and h: shape_prefix + [size] masks in training, rates in inference.
 
     Returns None when zoneout is off.
     """
@@ -347,7 +366,7 @@ class LSTMCell(StatefulCallLayer):
     """Zero state for `batch_size` rows: LSTMState(h [B, out], c [B, u]) in the state dtype."""
     return zero_state(batch_size, self.units, self.output_size, self.state_dtype)
 
-  # -- one step --------------------------------------------------------------------------------------
+  # -- one step ------------------------------------------------------------------------------------
 
   def call(self, inputs, state, training=False, dropout_masks=None):
     """One step.

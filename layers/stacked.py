@@ -15,9 +15,9 @@ from layers.lstm_cell import CELL_ARGUMENTS
 class StackedLSTM(StatefulCallLayer):
   """N LSTM layers: `outputs, states = stacked(x, initial_state=None, mask=None, training=False)`.
 
-  Layer k reads the full output sequence of layer k-1. Between layers, standard (per step) dropout at rate
-  `dropout_between` is applied in training (Zaremba et al. 2014); with `residual=True` a layer whose input and
-  output sizes match adds its input to its output (Wu et al. 2016).
+  Layer k reads the full output sequence of layer k-1. Between layers, standard (per step) dropout
+  at rate `dropout_between` is applied in training (Zaremba et al. 2014); with `residual=True` a
+  layer whose input and output sizes match adds its input to its output (Wu et al. 2016).
 
   Args:
     units: Cell size of every layer (an int) or one per layer (a list of `num_layers` ints).
@@ -99,7 +99,8 @@ class StackedLSTM(StatefulCallLayer):
         raise ValueError(
             f"{self.name}: initial_state must be a tuple of {self.num_layers} LSTMStates (one per "
             f"layer), got {type(initial_state).__name__}"
-            + (f" of length {len(initial_state)}" if isinstance(initial_state, (tuple, list)) else ""))
+            + (f" of length {len(initial_state)}"
+               if isinstance(initial_state, (tuple, list)) else ""))
     x = tf.cast(inputs, self.compute_dtype)
     states = []
     for i, layer in enumerate(self.layers_):

@@ -1,4 +1,4 @@
-"""Argument and input checks shared by the layers. Each error names the argument, expected and received."""
+"""Argument and input checks for the layers; each error names the argument, expected, received."""
 
 import numbers
 
@@ -41,8 +41,8 @@ def check_features(layer: str, x, expected: int) -> None:
   """Raises ValueError if the last dimension of x differs from the size the kernel was built for."""
   actual = x.shape[-1]
   if actual is not None and actual != expected:
-    raise ValueError(f"{layer}: inputs must have {expected} features (the size the kernel was built "
-                     f"for), got {actual} (input shape {tuple(x.shape)})")
+    raise ValueError(f"{layer}: inputs must have {expected} features (the size the kernel was "
+                     f"built for), got {actual} (input shape {tuple(x.shape)})")
 
 
 def check_state(layer: str, state, units: int, output_size: int, dtype,

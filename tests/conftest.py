@@ -8,8 +8,8 @@ import gin  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-# Logical devices must be configured before TensorFlow initialises its runtime: split the one CPU into
-# two so that MirroredStrategy runs with two replicas in the tests (stand-ins for two GPUs).
+# Logical devices must be configured before TensorFlow initialises its runtime: split the one CPU
+# into two so that MirroredStrategy runs with two replicas in the tests (stand-ins for two GPUs).
 NUM_TEST_CPUS = 2
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(

@@ -97,7 +97,7 @@ def _mirrored(cpu_devices: int) -> tf.distribute.Strategy:
 
 def _multi_worker(heartbeat_timeout_seconds, collective_timeout_seconds) -> tf.distribute.Strategy:
   if isinstance(heartbeat_timeout_seconds, bool) or not isinstance(heartbeat_timeout_seconds, int) \
-      or heartbeat_timeout_seconds <= 0:
+          or heartbeat_timeout_seconds <= 0:
     raise ConfigError("distribution.heartbeat_timeout_seconds must be a positive integer, got "
                       f"{heartbeat_timeout_seconds!r}; set "
                       "--gin_bindings='distribution.heartbeat_timeout_seconds=10'")

@@ -2,7 +2,7 @@
 
 
 class ConfigError(ValueError):
-  """Usage or configuration error: bad flag, gin error, unusable data, a checkpoint that does not fit.
+  """Usage or configuration error: bad flag, gin error, unusable data, a misfit checkpoint.
 
   The launcher prints `str(error)` as one line on stderr and exits 2. The message names the problem
   (file, parameter or value) and what to do about it.

@@ -1,7 +1,8 @@
 """The contract between an experiment and the trainer.
 
-An experiment builds a `Task` inside `strategy.scope()`. The trainer only ever talks to the task through
-this interface, so any model that maps `(inputs, state) -> (outputs, state)` trains the same way.
+An experiment builds a `Task` inside `strategy.scope()`. The trainer only ever talks to the task
+through this interface, so any model that maps `(inputs, state) -> (outputs, state)` trains the same
+way.
 
 Data is a pure function of the step: `train_batch(step, ...)` must return the same rows for the same
 step in every run, so a resumed run re-derives its data position from the restored step (no iterator
@@ -66,16 +67,16 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def eval_batch(self, split: str, index: tf.Tensor, row_start, num_rows) -> Batch:
-    """Eval chunk `index` of `split`, rows [row_start, row_start + num_rows); state carries across chunks."""
+    """Eval chunk `index` of `split`: rows [row_start, row_start + num_rows); state carries over."""
 
   @property
   def steps_per_epoch(self) -> int | None:
-    """Training steps in one pass over the data (learning-rate schedules decay per epoch); None if unknown."""
+    """Training steps per pass over the data (schedules decay per epoch); None if unknown."""
     return None
 
   @property
   def tokens_per_step(self) -> int | None:
-    """Target positions in one global training batch (for tokens/s); None to count weights instead."""
+    """Target positions in one global training batch (for tokens/s); None to count weights."""
     return None
 
   @property
@@ -86,8 +87,8 @@ class Task(abc.ABC):
   def eval_sums(self, batch: Batch, predictions) -> dict[str, tf.Tensor]:
     """Extra per-chunk sums for metrics (scalars, summed over this replica's rows).
 
-    The trainer always accumulates `loss` (sum of weighted loss) and `weight` (sum of weights); a task
-    adds what its metrics need (e.g. absolute error sums).
+    The trainer always accumulates `loss` (sum of weighted loss) and `weight` (sum of weights); a
+    task adds what its metrics need (e.g. absolute error sums).
     """
     del batch, predictions
     return {}
@@ -97,5 +98,5 @@ class Task(abc.ABC):
     return {"loss": sums["loss"] / max(sums["weight"], 1e-12)}
 
   def write_eval_summaries(self, step: int) -> None:
-    """Optional: writes extra summaries (images, text) to the current default writer after an eval."""
+    """Optional: writes extra summaries (images, text) to the default writer after an eval."""
     del step

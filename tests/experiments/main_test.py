@@ -108,7 +108,7 @@ BAD_INPUTS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_input_exits_2_with_one_line_and_leaves_model_dir_alone(
-    case, files, trained_dir, capsys):
+        case, files, trained_dir, capsys):
   extra, message = BAD_INPUTS[case]
   before = snapshot(trained_dir)
   capsys.readouterr()

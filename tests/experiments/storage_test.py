@@ -146,7 +146,7 @@ def test_disk_fills_up_during_training_then_the_run_resumes(corpus, tmp_path):
     (errno.EACCES, "fix its permissions or choose another --model_dir"),
 ])
 def test_failed_checkpoint_write_is_one_line_and_the_last_checkpoint_restores(
-    code, fix, corpus, tmp_path, monkeypatch):
+        code, fix, corpus, tmp_path, monkeypatch):
   model_dir = tmp_path / "run"
   assert lt.launch(lt.argv(model_dir, *corpus))[0] == 0
   target = str(model_dir / "checkpoints" / "ckpt-6_temp")

@@ -113,11 +113,13 @@ def test_training_without_noise_equals_inference():
 
 @pytest.mark.parametrize("variant", ["plain", "layer_norm", "everything"])
 def test_in_loop_pieces_equal_the_hoisted_step(variant):
-  # LSTM projects narrow inputs inside its loop (project_step) and broadcasts the per-unit weights to
-  # [B, N] (step_weights(batch_size=B)); both must give the step, and its gradients, of the plain path.
+  # LSTM projects narrow inputs inside its loop (project_step) and broadcasts the per-unit weights
+  # to [B, N] (step_weights(batch_size=B)); both must give the step, and its gradients, of the plain
+  # path.
   cell = _built_cell(**VARIANTS[variant])
   x = tf.random.normal([B, F], seed=2)
-  state = LSTMState(tf.random.normal([B, cell.output_size], seed=3), tf.random.normal([B, U], seed=4))
+  state = LSTMState(tf.random.normal([B, cell.output_size], seed=3),
+                    tf.random.normal([B, U], seed=4))
 
   def run(in_loop):
     with tf.GradientTape() as tape:

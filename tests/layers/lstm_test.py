@@ -61,8 +61,8 @@ def test_sequence_matches_numpy_reference(variant, compiled):
   _assert_matches_reference(lstm, x, state, outputs, final)
 
 
-# Inputs at least as wide as the cell are projected before the time loop, narrower ones inside it: both
-# paths must compute the same function.
+# Inputs at least as wide as the cell are projected before the time loop, narrower ones inside it:
+# both paths must compute the same function.
 WIDE_F = 2 * U
 
 

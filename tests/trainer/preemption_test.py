@@ -65,7 +65,7 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_after_the_current_step_checkpoints_it_and_resumes_bitwise(
-    tmp_path, reference, signum):
+        tmp_path, reference, signum):
   model_dir, progress = tmp_path / "run", str(tmp_path / "progress")
   process = start(model_dir, 10**5, "0", "--slow_seconds", "0.05", "--progress_file", progress,
                   "--binding", "Trainer.checkpoint_interval = 1000", *LONG_LOOPS)

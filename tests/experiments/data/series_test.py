@@ -97,10 +97,10 @@ def test_error_messages_are_complete_on_their_first_line(tmp_path):
   # gin appends "In call to configurable ..." on later lines; the launcher prints the first line.
   path = write_csv(tmp_path / "s.csv", ["t", "v"], [(0, "x")])
   for call, expected in [
-      (lambda: series_lib.csv_series(str(tmp_path / "none.csv"), ["v"]),
-       "none.csv; set csv_series.path"),
-      (lambda: series_lib.csv_series(path, ["zz"]), "s.csv: no column 'zz' .* fix csv_series"),
-      (lambda: series_lib.csv_series(path, ["v"]), "s.csv: line 2, .* clean the file")]:
+          (lambda: series_lib.csv_series(str(tmp_path / "none.csv"), ["v"]),
+           "none.csv; set csv_series.path"),
+          (lambda: series_lib.csv_series(path, ["zz"]), "s.csv: no column 'zz' .* fix csv_series"),
+          (lambda: series_lib.csv_series(path, ["v"]), "s.csv: line 2, .* clean the file")]:
     with pytest.raises(ConfigError) as info:
       call()
     assert re.search(expected, str(info.value).splitlines()[0])
