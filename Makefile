@@ -26,10 +26,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m 'not slow' $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(PY) -m flake8 trainer layers experiments benchmarks tests
+	$(PY) -m flake8 tbptt trainer layers experiments benchmarks tests
 
 demo: $(STAMP)
-	$(PY) -m experiments.demo --model_dir=$(DEMO_DIR)
+	$(PY) -m tbptt.experiments.demo --model_dir=$(DEMO_DIR)
 
 bench: $(STAMP)
 	$(PY) benchmarks/lstm_layers.py

@@ -32,7 +32,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.timing import machine_line, time_interleaved  # noqa: E402
-from layers import LSTM  # noqa: E402
+from tbptt.layers import LSTM  # noqa: E402
 
 try:
   import torch

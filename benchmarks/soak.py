@@ -35,8 +35,8 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks.timing import machine_line  # noqa: E402
-from experiments import experiment, gin_files  # noqa: E402
-from experiments.language_model import LanguageModelTask  # noqa: E402
+from tbptt.experiments import experiment, gin_files  # noqa: E402
+from tbptt.experiments.language_model import LanguageModelTask  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
 WARMUP_FRACTION = 0.1
@@ -50,7 +50,7 @@ QUICK_CADENCE = ["Trainer.steps_per_loop = 10", "Trainer.summary_interval = 5",
                  "Trainer.log_interval = 50", "Trainer.eval_interval = 50",
                  "Trainer.checkpoint_interval = 50", "Trainer.histogram_interval = 100"]
 CADENCES = ("eval_interval", "checkpoint_interval", "histogram_interval")
-_OURS = ("trainer", "experiments", "layers")
+_OURS = "tbptt."  # Walk only this package's objects.
 
 
 def compiled_functions(root, name: str = "trainer", depth: int = 4, seen=None) -> dict:
@@ -70,7 +70,7 @@ def compiled_functions(root, name: str = "trainer", depth: int = 4, seen=None) -
     items = root.items()
   elif isinstance(root, (list, tuple)):
     items = enumerate(root)
-  elif type(root).__module__.split(".")[0] in _OURS and hasattr(root, "__dict__"):
+  elif type(root).__module__.startswith(_OURS) and hasattr(root, "__dict__"):
     items = vars(root).items()
   else:
     return {}

@@ -40,9 +40,9 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks.timing import machine_line, time_interleaved  # noqa: E402
-from layers import LSTM, LSTMState  # noqa: E402
-from trainer import Trainer, runtime  # noqa: E402
-from trainer.task import Task  # noqa: E402
+from tbptt.layers import LSTM, LSTMState  # noqa: E402
+from tbptt.trainer import Trainer, runtime  # noqa: E402
+from tbptt.trainer.task import Task  # noqa: E402
 
 OVERHEAD_LIMIT = 0.05
 LEARNING_RATE = 1.0

@@ -1,6 +1,6 @@
 r"""`make demo`: trains the default job (configs/charlm.gin), prints a sample and what to do next.
 
-  python -m experiments.demo --model_dir=runs/demo [--gin_bindings=...]
+  python -m tbptt.experiments.demo --model_dir=runs/demo [--gin_bindings=...]
 
 A character-level LSTM learns Python source from the standard library's own files (no download) in a
 few minutes on two CPU cores. Rerunning resumes from the newest checkpoint; once training is done it
@@ -12,13 +12,13 @@ import os
 import sys
 import time
 
-from experiments import main as launcher  # Quiets TensorFlow's import; defines the shared flags.
+from tbptt.experiments import main as launcher  # Quiets the TF import; defines the flags.
 
 from absl import app  # noqa: E402,I100
 from absl import flags  # noqa: E402
 
-from experiments import experiment, gin_files  # noqa: E402
-from trainer.errors import ConfigError, TrainingError  # noqa: E402
+from tbptt.experiments import experiment, gin_files  # noqa: E402
+from tbptt.trainer.errors import ConfigError, TrainingError  # noqa: E402
 
 FLAGS = flags.FLAGS
 DEFAULT_DIR = "runs/demo"
@@ -55,7 +55,7 @@ def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
   sample = experiment.run_experiment(model_dir, "sample")
   python = _command(os.path.basename(sys.executable), sys.executable)
   tensorboard = _command("tensorboard", f"{python} -m tensorboard.main")
-  tbptt = _command("tbptt", f"{python} -m experiments.main")
+  tbptt = _command("tbptt", f"{python} -m tbptt")
   print(f"""
 Next:
   {tensorboard} --logdir {model_dir}     # curves, histograms, the operative config

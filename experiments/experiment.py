@@ -1,6 +1,6 @@
 """The gin root: builds a task and a Trainer inside the strategy scope and runs one mode.
 
-    run_experiment.task_fn = @LanguageModelTask      # or @ForecastTask, any trainer.task.Task
+    run_experiment.task_fn = @LanguageModelTask      # or @ForecastTask, any tbptt.trainer.task.Task
 
 Modes:
   train            train to Trainer.train_steps (resuming from model_dir), evaluating on the way.
@@ -17,14 +17,14 @@ import gin
 import tensorflow as tf
 
 # Imported for their gin registrations: every configurable a .gin file may name.
-from experiments import forecasting  # noqa: F401
-from experiments import language_model  # noqa: F401
-from experiments import export as export_lib
-from experiments import run_lock, sampling, storage
-from trainer import Trainer
-from trainer import optimizers  # noqa: F401
-from trainer.distribute import make_strategy
-from trainer.errors import ConfigError
+from tbptt.experiments import forecasting  # noqa: F401
+from tbptt.experiments import language_model  # noqa: F401
+from tbptt.experiments import export as export_lib
+from tbptt.experiments import run_lock, sampling, storage
+from tbptt.trainer import Trainer
+from tbptt.trainer import optimizers  # noqa: F401
+from tbptt.trainer.distribute import make_strategy
+from tbptt.trainer.errors import ConfigError
 
 MODES = ("train", "eval", "train_and_eval", "sample", "export")
 TRAINING_MODES = ("train", "train_and_eval")  # Write checkpoints: one run per model_dir at a time.
@@ -124,7 +124,7 @@ def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict
   Args:
     model_dir: Checkpoints, summaries, the operative config and the task's assets go here.
     mode: One of MODES (see the module docstring).
-    task_fn: Builds the task: `task_fn(model_dir=...)` -> `trainer.task.Task` (gin:
+    task_fn: Builds the task: `task_fn(model_dir=...)` -> `tbptt.trainer.task.Task` (gin:
       `@LanguageModelTask`).
 
   Returns:

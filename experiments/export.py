@@ -42,7 +42,7 @@ class StreamingModel(tf.Module):
   """The model of a task, with signatures for step-by-step (streaming) inference.
 
   Args:
-    task: A built `trainer.task.Task`; its model is called as
+    task: A built `tbptt.trainer.task.Task`; its model is called as
       `model(inputs, state, training=False)`.
   """
 

@@ -16,11 +16,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from experiments import plot
-from experiments.data import series as series_lib
-from layers import LSTM, LSTMCell, LSTMState, zero_state
-from trainer.errors import ConfigError
-from trainer.task import Task
+from tbptt.experiments import plot
+from tbptt.experiments.data import series as series_lib
+from tbptt.layers import LSTM, LSTMCell, LSTMState, zero_state
+from tbptt.trainer.errors import ConfigError
+from tbptt.trainer.task import Task
 
 
 @gin.configurable

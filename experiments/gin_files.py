@@ -1,7 +1,7 @@
 """Finding and parsing gin files, with every gin error turned into a one-line `ConfigError`.
 
 A --gin_file that does not exist relative to the working directory is looked up among the packaged
-configs (the installed `configs` package), so `charlm.gin` and `configs/charlm.gin` work from
+configs (the installed `tbptt.configs` package), so `charlm.gin` and `configs/charlm.gin` work from
 anywhere; `include` statements inside .gin files resolve the same way.
 """
 
@@ -15,7 +15,7 @@ import tokenize
 
 import gin
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 _search_path_added = []
 _LOCATION = re.compile(
@@ -24,7 +24,7 @@ _LOCATION = re.compile(
 
 def packaged_configs_dir() -> str:
   """The directory of the packaged .gin files."""
-  return str(importlib.resources.files("configs"))
+  return str(importlib.resources.files("tbptt.configs"))
 
 
 def resolve(path: str) -> str:

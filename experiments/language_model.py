@@ -6,10 +6,10 @@ import gin
 import keras
 import tensorflow as tf
 
-from experiments import sampling
-from experiments.data.corpus import TextCorpus
-from layers import StackedLSTM
-from trainer.task import Task
+from tbptt.experiments import sampling
+from tbptt.experiments.data.corpus import TextCorpus
+from tbptt.layers import StackedLSTM
+from tbptt.trainer.task import Task
 
 
 def _uniform(scale: float | None):

@@ -1,6 +1,6 @@
 r"""The tbptt launcher: flags name places and modes; every hyperparameter is a gin binding.
 
-  python -m experiments.main --model_dir=runs/charlm --gin_file=charlm.gin \
+  python -m tbptt --model_dir=runs/charlm --gin_file=charlm.gin \
       --gin_bindings='Trainer.train_steps=2000' [--mode=train|eval|train_and_eval|sample|export]
 
 Rerunning a command on a model_dir with checkpoints resumes. Exit codes: 0 done, 2 usage or
@@ -12,15 +12,15 @@ import logging
 import os
 import sys
 
-from experiments.quiet import quiet_tensorflow_import
+from tbptt.experiments.quiet import quiet_tensorflow_import
 
 quiet_tensorflow_import()  # Before anything that imports TensorFlow.
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from experiments import experiment, gin_files  # noqa: E402
-from trainer.errors import ConfigError, TrainingError  # noqa: E402
+from tbptt.experiments import experiment, gin_files  # noqa: E402
+from tbptt.trainer.errors import ConfigError, TrainingError  # noqa: E402
 
 flags.DEFINE_string("model_dir", None,
                     "Directory for checkpoints, summaries and the operative config.")

@@ -19,8 +19,8 @@ import os
 import socket
 import sys
 
-from experiments import storage
-from trainer.errors import ConfigError
+from tbptt.experiments import storage
+from tbptt.trainer.errors import ConfigError
 
 LOCK_FILE = ".tbptt.lock"
 

@@ -3,8 +3,8 @@
 import gin
 import tensorflow as tf
 
-from experiments.data import vocab as vocab_lib
-from trainer.errors import ConfigError
+from tbptt.experiments.data import vocab as vocab_lib
+from tbptt.trainer.errors import ConfigError
 
 
 class Sampler:

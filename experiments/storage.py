@@ -14,7 +14,7 @@ import errno
 import os
 import re
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 # errno of a failed write -> what to tell the user to do.
 _FIXES = {

@@ -5,9 +5,9 @@
   stacked = StackedLSTM(units, n, ...);   outputs, states = stacked(x, initial_states)
 """
 
-from layers.lstm import LSTM
-from layers.lstm_cell import LSTMCell, lstm_gates
-from layers.stacked import StackedLSTM
-from layers.state import LSTMState, reset_rows, zero_state
+from tbptt.layers.lstm import LSTM
+from tbptt.layers.lstm_cell import LSTMCell, lstm_gates
+from tbptt.layers.stacked import StackedLSTM
+from tbptt.layers.state import LSTMState, reset_rows, zero_state
 
 __all__ = ["LSTM", "LSTMCell", "LSTMState", "StackedLSTM", "lstm_gates", "reset_rows", "zero_state"]

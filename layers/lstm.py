@@ -5,10 +5,10 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from layers import validation
-from layers.base import StatefulCallLayer
-from layers.lstm_cell import CELL_ARGUMENTS, LSTMCell
-from layers.state import LSTMState
+from tbptt.layers import validation
+from tbptt.layers.base import StatefulCallLayer
+from tbptt.layers.lstm_cell import CELL_ARGUMENTS, LSTMCell
+from tbptt.layers.state import LSTMState
 
 
 class _StepInputs(NamedTuple):

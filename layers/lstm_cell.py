@@ -16,9 +16,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from layers import validation
-from layers.base import StatefulCallLayer
-from layers.state import LSTMState, zero_state
+from tbptt.layers import validation
+from tbptt.layers.base import StatefulCallLayer
+from tbptt.layers.state import LSTMState, zero_state
 
 
 def layer_norm(v, gamma, beta, epsilon):

@@ -5,10 +5,10 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from layers import validation
-from layers.base import StatefulCallLayer
-from layers.lstm import LSTM
-from layers.lstm_cell import CELL_ARGUMENTS
+from tbptt.layers import validation
+from tbptt.layers.base import StatefulCallLayer
+from tbptt.layers.lstm import LSTM
+from tbptt.layers.lstm_cell import CELL_ARGUMENTS
 
 
 @keras.saving.register_keras_serializable(package="tbptt")

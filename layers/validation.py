@@ -4,7 +4,7 @@ import numbers
 
 import tensorflow as tf
 
-from layers.state import LSTMState
+from tbptt.layers.state import LSTMState
 
 
 def positive_int(name: str, value) -> int:

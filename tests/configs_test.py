@@ -8,11 +8,11 @@ import gin
 import keras
 import pytest
 
-from experiments import experiment, gin_files
-from experiments.forecasting import ForecastTask
-from experiments.language_model import LanguageModelTask
-from trainer import optimizers
-from trainer.errors import ConfigError
+from tbptt.experiments import experiment, gin_files
+from tbptt.experiments.forecasting import ForecastTask
+from tbptt.experiments.language_model import LanguageModelTask
+from tbptt.trainer import optimizers
+from tbptt.trainer.errors import ConfigError
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS_DIR, "*.gin")))

@@ -21,7 +21,7 @@ def test_readme_has_the_three_patterns():
 @pytest.mark.parametrize("index", range(3))
 def test_canonical_pattern_runs_as_written(index):
   namespace = {}
-  setup = "import tensorflow as tf\nfrom layers import LSTM\n"
+  setup = "import tensorflow as tf\nfrom tbptt.layers import LSTM\n"
   exec(compile(setup + _canonical_snippets()[index], f"README pattern {index}", "exec"), namespace)
   outputs = namespace["outputs"]
   final_state = namespace.get("final_state", namespace.get("state"))

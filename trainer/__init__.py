@@ -1,9 +1,9 @@
 """The TBPTT trainer: compiled multi-step loops, carried state, clipping, checkpoints, summaries.
 
-  from trainer import Trainer
-  from trainer.distribute import make_strategy
+  from tbptt.trainer import Trainer
+  from tbptt.trainer.distribute import make_strategy
 """
 
-from trainer.trainer import Trainer
+from tbptt.trainer.trainer import Trainer
 
 __all__ = ["Trainer"]

@@ -23,7 +23,7 @@ import re
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 CHECKPOINT_NAME = "ckpt"
 _SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")

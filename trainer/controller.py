@@ -25,9 +25,9 @@ from typing import Protocol
 
 from absl import logging
 
-from trainer.errors import TrainingError
-from trainer.loop import TrainOutputs
-from trainer.summaries import Summaries
+from tbptt.trainer.errors import TrainingError
+from tbptt.trainer.loop import TrainOutputs
+from tbptt.trainer.summaries import Summaries
 
 EVAL_SPLIT = "valid"
 

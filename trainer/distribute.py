@@ -15,8 +15,8 @@ from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
 from tensorflow.python.distribute import multi_worker_util
 from tensorflow.python.eager import context
 
-from trainer import runtime
-from trainer.errors import ConfigError
+from tbptt.trainer import runtime
+from tbptt.trainer.errors import ConfigError
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 

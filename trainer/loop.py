@@ -11,8 +11,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import tensorflow as tf
 
-from trainer import distribute
-from trainer.train_step import NonFiniteCounters, eval_step, forward_backward, train_step
+from tbptt.trainer import distribute
+from tbptt.trainer.train_step import NonFiniteCounters, eval_step, forward_backward, train_step
 
 
 class TrainOutputs(NamedTuple):
@@ -61,7 +61,7 @@ class TrainLoop:
 
   Args:
     strategy: The strategy the task and optimizer were built under.
-    task: The `trainer.task.Task`.
+    task: The `tbptt.trainer.task.Task`.
     optimizer: A built Keras optimizer.
     global_step: int64 scalar variable; step k reads `task.train_batch(k, ...)`, then the variable
       is k + 1.
@@ -176,7 +176,7 @@ class EvalLoop:
 
   Args:
     strategy: The strategy the task was built under.
-    task: The `trainer.task.Task`.
+    task: The `tbptt.trainer.task.Task`.
     rows: Eval rows per replica.
     max_batches: Cap on chunks per eval (None: all).
   """

@@ -17,7 +17,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 SGD = gin.external_configurable(keras.optimizers.SGD, module="optimizers")
 Adam = gin.external_configurable(keras.optimizers.Adam, module="optimizers")

@@ -10,7 +10,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 DEFAULT_SEED = 0
 DEFAULT_DETERMINISTIC = False

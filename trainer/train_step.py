@@ -20,7 +20,7 @@ from typing import NamedTuple
 import keras
 import tensorflow as tf
 
-from layers.state import reset_rows
+from tbptt.layers.state import reset_rows
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -64,7 +64,7 @@ def forward_backward(task, batch, state, global_weight, loss_scale=None):
   """This replica's share of the loss and its gradients for one chunk.
 
   Args:
-    task: The `trainer.task.Task`.
+    task: The `tbptt.trainer.task.Task`.
     batch: The replica's chunk (inputs, targets, weights [b, T], reset [b], ...).
     state: Carried state, flagged rows already reset.
     global_weight: Sum of the weights over the global batch (all replicas), float32 scalar.
@@ -104,7 +104,7 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
   -> update unless non-finite -> `tf.stop_gradient(new_state)`.
 
   Args:
-    task: The `trainer.task.Task` (its model, loss).
+    task: The `tbptt.trainer.task.Task` (its model, loss).
     optimizer: A built Keras optimizer over `task.model.trainable_variables` (a LossScaleOptimizer
       for float16; its scale is then stepped here, and its inner optimizer applies the update).
     batch: This replica's chunk: inputs [b, T, ...], targets, weights [b, T], reset [b] bool.
@@ -199,7 +199,7 @@ def eval_step(task, batch, state):
   """One eval chunk in replica context: no dropout, no update.
 
   Args:
-    task: The `trainer.task.Task`.
+    task: The `tbptt.trainer.task.Task`.
     batch: This replica's eval chunk.
     state: Carried eval state (flagged rows are reset here).
 

@@ -16,15 +16,15 @@ import gin
 import tensorflow as tf
 from absl import logging
 
-from layers.state import reset_rows
-from trainer import distribute, optimizers, runtime
-from trainer import summaries as summaries_lib
-from trainer.checkpointing import Checkpointer
-from trainer.controller import NONFINITE_POLICIES, Controller
-from trainer.errors import ConfigError, TrainingError
-from trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, TrainOutputs, state_paths
-from trainer.task import Task
-from trainer.train_step import NonFiniteCounters, SUM, forward_backward
+from tbptt.layers.state import reset_rows
+from tbptt.trainer import distribute, optimizers, runtime
+from tbptt.trainer import summaries as summaries_lib
+from tbptt.trainer.checkpointing import Checkpointer
+from tbptt.trainer.controller import NONFINITE_POLICIES, Controller
+from tbptt.trainer.errors import ConfigError, TrainingError
+from tbptt.trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, TrainOutputs, state_paths
+from tbptt.trainer.task import Task
+from tbptt.trainer.train_step import NonFiniteCounters, SUM, forward_backward
 
 
 def _is_int(value) -> bool:
@@ -153,7 +153,7 @@ class Trainer:
     runtime.check_deterministic(deterministic)
     runtime.check_mixed_precision(mixed_precision)
     if not isinstance(task, Task):
-      raise TypeError(f"task must be a trainer.task.Task, got {type(task).__name__}")
+      raise TypeError(f"task must be a tbptt.trainer.task.Task, got {type(task).__name__}")
     if runtime.seeded_with() != seed:
       runtime.seed_everything(seed, deterministic)
     elif deterministic:  # Seeded already (by make_strategy): do not restart the random streams.

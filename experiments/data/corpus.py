@@ -13,9 +13,9 @@ import stat
 import sysconfig
 
 import gin
-from experiments.data import vocab as vocab_lib
-from experiments.data.tbptt import StreamLayout
-from trainer.errors import ConfigError
+from tbptt.experiments.data import vocab as vocab_lib
+from tbptt.experiments.data.tbptt import StreamLayout
+from tbptt.trainer.errors import ConfigError
 
 STDLIB = "stdlib"
 VOCAB_FILE = "vocab.json"

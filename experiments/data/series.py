@@ -23,7 +23,7 @@ import gin
 import numpy as np
 import tensorflow as tf
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 EXAMPLE_CSV = "package://experiments/data/example_series.csv"
 STATS_FILENAME = "normalization.json"

@@ -13,7 +13,7 @@ the step), so a resumed run finds its place from the restored step alone.
 import numpy as np
 import tensorflow as tf
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 
 class StreamLayout:

@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError
 
 UNK = "<unk>"
 EOS = "<eos>"

@@ -43,7 +43,7 @@ def test_report_fails_on_a_retrace_and_on_memory_growth():
 
 
 def test_compiled_functions_are_found_in_nested_project_objects():
-  holder_type = type("Holder", (), {"__module__": "trainer.fake"})
+  holder_type = type("Holder", (), {"__module__": "tbptt.trainer.fake"})
   outer, inner = holder_type(), holder_type()
   loop = tf.function(lambda x: x + 1)
   inner.loops = {"valid": loop, "other": [tf.function(lambda x: x * 2)]}

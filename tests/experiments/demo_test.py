@@ -6,7 +6,7 @@ import shutil
 import pytest
 from absl import flags
 
-from experiments import demo as demo_lib
+from tbptt.experiments import demo as demo_lib
 
 TINY = ["TextCorpus.stdlib_bytes = 150000", "TextCorpus.batch_size = 4", "TextCorpus.seq_len = 10",
         "TextCorpus.eval_batch_size = 4", "LanguageModel.units = 8",
@@ -24,7 +24,7 @@ def test_demo_trains_samples_and_resumes(tmp_path, capsys):
   next_steps = out.split("Next:", 1)[1]
   assert f"--logdir {model_dir}" in next_steps
   assert (f"tbptt --model_dir={model_dir} --gin_file=charlm.gin" in next_steps or
-          f"-m experiments.main --model_dir={model_dir} --gin_file=charlm.gin" in next_steps)
+          f"-m tbptt --model_dir={model_dir} --gin_file=charlm.gin" in next_steps)
   # After `make demo` nothing is on PATH: each printed program must exist where the line says.
   programs = {line.split()[0] for line in next_steps.splitlines()
               if line.strip() and not line.startswith("      ")}

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import experiment, gin_files
-from experiments.language_model import LanguageModelTask
-from trainer.errors import ConfigError
-from trainer.summaries import read_scalars, read_tags
+from tbptt.experiments import experiment, gin_files
+from tbptt.experiments.language_model import LanguageModelTask
+from tbptt.trainer.errors import ConfigError
+from tbptt.trainer.summaries import read_scalars, read_tags
 
 TEXT = "def add(a, b):\n  return a + b\n\nclass Point:\n  x = 0\n  y = 1\n" * 40
 

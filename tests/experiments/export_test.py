@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.data.corpus import TextCorpus
-from experiments.export import export
-from experiments.language_model import LanguageModel, LanguageModelTask
-from layers import LSTM
-from trainer.task import Task
+from tbptt.experiments.data.corpus import TextCorpus
+from tbptt.experiments.export import export
+from tbptt.experiments.language_model import LanguageModel, LanguageModelTask
+from tbptt.layers import LSTM
+from tbptt.trainer.task import Task
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments import forecasting
-from experiments.data import series as series_lib
-from layers import LSTMState
-from trainer.errors import ConfigError
-from trainer.summaries import read_tags
+from tbptt.experiments import forecasting
+from tbptt.experiments.data import series as series_lib
+from tbptt.layers import LSTMState
+from tbptt.trainer.errors import ConfigError
+from tbptt.trainer.summaries import read_tags
 
 C, H, F, UNITS = 16, 8, 1, 8
 
@@ -321,7 +321,7 @@ def _eval_by_hand(task, split):
 
 
 def test_trainer_eval_across_two_replicas_matches_eager_metrics(tmp_path):
-  from trainer import Trainer
+  from tbptt.trainer import Trainer
 
   strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
   with strategy.scope():
@@ -337,7 +337,7 @@ def test_trainer_eval_across_two_replicas_matches_eager_metrics(tmp_path):
 
 @pytest.mark.slow
 def test_training_beats_the_seasonal_naive_forecast(tmp_path):
-  from trainer import Trainer
+  from tbptt.trainer import Trainer
 
   tf.keras.utils.set_random_seed(0)
   task = make_task(str(tmp_path), series_fn=small_series(800), batch_size=16, teacher_forcing=0.25)
@@ -361,7 +361,7 @@ def test_training_beats_the_seasonal_naive_forecast(tmp_path):
 
 @pytest.mark.slow
 def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
-  from trainer import Trainer
+  from tbptt.trainer import Trainer
 
   def run(model_dir, steps):
     tf.keras.utils.set_random_seed(3)
@@ -387,7 +387,7 @@ def test_a_resumed_run_repeats_an_uninterrupted_one(tmp_path):
 def test_config_trains_then_evaluates_its_checkpoint(config, tmp_path):
   import gin
 
-  from experiments import experiment, gin_files
+  from tbptt.experiments import experiment, gin_files
 
   model_dir = str(tmp_path / "run")
   bindings = ["Trainer.train_steps = 20", "Trainer.steps_per_loop = 10",

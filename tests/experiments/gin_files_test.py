@@ -5,9 +5,9 @@ import os
 import gin
 import pytest
 
-from experiments import experiment  # noqa: F401  (registers every configurable the configs name)
-from experiments import gin_files
-from trainer.errors import ConfigError
+from tbptt.experiments import experiment  # noqa: F401  (registers the configurables)
+from tbptt.experiments import gin_files
+from tbptt.trainer.errors import ConfigError
 
 
 def test_bare_and_prefixed_names_find_packaged_configs(tmp_path, monkeypatch):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.data.corpus import TextCorpus
-from experiments.language_model import LanguageModel, LanguageModelTask
-from layers import LSTMState
+from tbptt.experiments.data.corpus import TextCorpus
+from tbptt.experiments.language_model import LanguageModel, LanguageModelTask
+from tbptt.layers import LSTMState
 
 TEXT = "abcabdabcabd\nhello world\n" * 30
 

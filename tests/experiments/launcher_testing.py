@@ -9,7 +9,7 @@ import sys
 import gin
 from absl import flags
 
-from experiments import main as main_lib
+from tbptt.experiments import main as main_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TEXT = "for i in range(10):\n  print(i * i)\n" * 60
@@ -63,7 +63,7 @@ def start(args, **kwargs) -> subprocess.Popen:
   """Starts the launcher as its own process (stdout and stderr to pipes)."""
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   env.update(kwargs.pop("env", {}))
-  return subprocess.Popen([sys.executable, "-m", "experiments.main"] + list(args), cwd=REPO,
+  return subprocess.Popen([sys.executable, "-m", "tbptt"] + list(args), cwd=REPO,
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           **kwargs)
 

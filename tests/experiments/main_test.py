@@ -8,7 +8,7 @@ import sys
 import pytest
 from absl import flags
 
-from experiments import main as main_lib
+from tbptt.experiments import main as main_lib
 
 TEXT = "for i in range(10):\n  print(i * i)\n" * 60
 TINY = ["TextCorpus.batch_size = 4", "TextCorpus.seq_len = 10", "TextCorpus.eval_batch_size = 4",
@@ -137,7 +137,7 @@ def test_missing_model_dir_and_required_paths(files, tmp_path, capsys):
 def test_command_line_in_a_subprocess(files, tmp_path):
   """The real entry point: a train run, then a checkpoint that does not fit (exit 2, one line)."""
   model_dir = tmp_path / "run"
-  argv = [sys.executable, "-m", "experiments.main"] + base_argv(model_dir, files)
+  argv = [sys.executable, "-m", "tbptt"] + base_argv(model_dir, files)
   env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   done = subprocess.run(argv, cwd=repo, env=env, capture_output=True, text=True, timeout=600)

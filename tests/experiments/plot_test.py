@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from experiments import plot
+from tbptt.experiments import plot
 
 RED = np.array(plot.FORECAST_COLOR)
 

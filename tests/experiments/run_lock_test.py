@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from experiments import run_lock
-from experiments.run_lock import LOCK_FILE, RunLock
-from trainer.errors import ConfigError
+from tbptt.experiments import run_lock
+from tbptt.experiments.run_lock import LOCK_FILE, RunLock
+from tbptt.trainer.errors import ConfigError
 
 import launcher_testing as lt
 
@@ -80,7 +80,7 @@ def test_a_successful_run_keeps_its_directory_and_lock_file(tmp_path):
 
 HOLD = """
 import sys, time
-from experiments.run_lock import RunLock
+from tbptt.experiments.run_lock import RunLock
 RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(600)

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.data.corpus import TextCorpus
-from experiments.language_model import LanguageModel, LanguageModelTask
-from experiments.sampling import Sampler, generate, sample_text
-from trainer.errors import ConfigError
-from trainer.summaries import read_tags
+from tbptt.experiments.data.corpus import TextCorpus
+from tbptt.experiments.language_model import LanguageModel, LanguageModelTask
+from tbptt.experiments.sampling import Sampler, generate, sample_text
+from tbptt.trainer.errors import ConfigError
+from tbptt.trainer.summaries import read_tags
 
 
 @pytest.fixture(scope="module")

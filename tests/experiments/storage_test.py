@@ -14,9 +14,9 @@ import subprocess
 import pytest
 import tensorflow as tf
 
-from experiments import storage
-from trainer.checkpointing import Checkpointer
-from trainer.errors import ConfigError
+from tbptt.experiments import storage
+from tbptt.trainer.checkpointing import Checkpointer
+from tbptt.trainer.errors import ConfigError
 
 import launcher_testing as lt
 
@@ -164,7 +164,7 @@ def test_failed_checkpoint_write_is_one_line_and_the_last_checkpoint_restores(
 
 
 def test_failed_first_write_in_a_fresh_model_dir_leaves_nothing(corpus, tmp_path, monkeypatch):
-  from experiments.data import vocab
+  from tbptt.experiments.data import vocab
 
   def no_space(self, path):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)

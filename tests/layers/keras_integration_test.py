@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from layer_utils import VARIANTS, copy_cell_weights, randomize_weights
-from layers import LSTM, LSTMState, StackedLSTM
+from tbptt.layers import LSTM, LSTMState, StackedLSTM
 
 B, T, F, U = 4, 6, 3, 8
 

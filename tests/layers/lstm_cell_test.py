@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import numpy_reference
 from layer_utils import VARIANTS, cell_weights, randomize_weights, reference_kwargs, unclipped
-from layers import LSTMCell, LSTMState
+from tbptt.layers import LSTMCell, LSTMState
 
 B, F, U = 3, 4, 5
 

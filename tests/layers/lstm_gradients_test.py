@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from layer_utils import VARIANTS, randomize_weights
-from layers import LSTM, LSTMState
+from tbptt.layers import LSTM, LSTMState
 
 B, T, F, U = 2, 3, 2, 3
 

@@ -14,7 +14,7 @@ import tensorflow as tf
 import numpy_reference
 from layer_utils import (VARIANTS, built_lstm, cell_weights, copy_cell_weights, randomize_weights,
                          reference_kwargs)
-from layers import LSTM, LSTMState
+from tbptt.layers import LSTM, LSTMState
 
 B, T, F, U = 3, 5, 4, 6
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from layer_utils import VARIANTS, copy_cell_weights, randomize_weights
-from layers import LSTM, LSTMState, StackedLSTM
+from tbptt.layers import LSTM, LSTMState, StackedLSTM
 
 B, T, F = 3, 4, 5
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from layers.state import LSTMState, reset_rows, zero_state
+from tbptt.layers.state import LSTMState, reset_rows, zero_state
 
 
 def test_lstm_state_is_a_nest_of_two_tensors():

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from layer_utils import built_lstm
-from layers import LSTM, LSTMState
+from tbptt.layers import LSTM, LSTMState
 
 torch = pytest.importorskip("torch")
 

@@ -5,7 +5,7 @@ The code between the markers is the README's (tests/readme_test.py runs the READ
 
 import numpy as np
 
-from layers import LSTMState
+from tbptt.layers import LSTMState
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -13,7 +13,7 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 def test_explicit_state_in_and_out():
   # --- README ---
   import tensorflow as tf
-  from layers import LSTM
+  from tbptt.layers import LSTM
 
   lstm = LSTM(64)
   x = tf.random.normal([8, 100, 32])
@@ -30,7 +30,7 @@ def test_explicit_state_in_and_out():
 
 def test_time_major_input_inside_tf_function():
   import tensorflow as tf
-  from layers import LSTM
+  from tbptt.layers import LSTM
 
   # --- README ---
   lstm = LSTM(64, time_major=True)
@@ -48,7 +48,7 @@ def test_time_major_input_inside_tf_function():
 
 def test_peephole_connections():
   import tensorflow as tf
-  from layers import LSTM
+  from tbptt.layers import LSTM
 
   # --- README ---
   lstm = LSTM(64, use_peepholes=True)

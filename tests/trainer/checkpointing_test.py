@@ -12,8 +12,8 @@ import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
 from file_digest import digest
-from trainer.checkpointing import Checkpointer, is_complete
-from trainer.errors import ConfigError
+from tbptt.trainer.checkpointing import Checkpointer, is_complete
+from tbptt.trainer.errors import ConfigError
 
 
 def make(directory, shape=(3,), max_to_keep=2, extra=False):

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from trainer import controller as controller_lib
-from trainer.controller import Controller, TrainingInterrupted
-from trainer.errors import TrainingError
-from trainer.loop import TrainOutputs
-from trainer.summaries import Summaries, read_scalars, read_tags
+from tbptt.trainer import controller as controller_lib
+from tbptt.trainer.controller import Controller, TrainingInterrupted
+from tbptt.trainer.errors import TrainingError
+from tbptt.trainer.loop import TrainOutputs
+from tbptt.trainer.summaries import Summaries, read_scalars, read_tags
 
 
 class ScriptedRunner:

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import distribute, runtime
-from trainer.distribute import make_strategy
-from trainer.errors import ConfigError
+from tbptt.trainer import distribute, runtime
+from tbptt.trainer.distribute import make_strategy
+from tbptt.trainer.errors import ConfigError
 
 
 def test_default_strategy():
@@ -67,7 +67,7 @@ def test_rows_round_trip_through_replicas():
 
 
 def test_make_strategy_applies_the_trainer_seed_and_precision_bindings():
-  import trainer  # noqa: F401  (registers Trainer with gin)
+  import tbptt.trainer  # noqa: F401  (registers Trainer with gin)
   gin.parse_config("Trainer.seed = 7\nTrainer.mixed_precision = 'mixed_bfloat16'")
   try:
     make_strategy()

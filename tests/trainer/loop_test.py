@@ -6,10 +6,10 @@ import pytest
 import tensorflow as tf
 
 from toy_task import DelayTask
-from trainer import runtime
-from trainer import distribute
-from trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, state_paths
-from trainer.train_step import NonFiniteCounters
+from tbptt.trainer import runtime
+from tbptt.trainer import distribute
+from tbptt.trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, state_paths
+from tbptt.trainer.train_step import NonFiniteCounters
 
 ROWS = 4
 
@@ -74,7 +74,7 @@ def test_eval_loop_passes_over_the_split_from_zero_state():
 
 
 def test_state_paths_name_nested_states():
-  from layers import LSTMState
+  from tbptt.layers import LSTMState
   state = (LSTMState(1, 2), LSTMState(3, 4))
   assert state_paths(state) == ["0/h", "0/c", "1/h", "1/c"]
   assert state_paths({"b": 1, "a": [2, 3]}) == ["a/0", "a/1", "b"]

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer.summaries import read_scalars
+from tbptt.trainer.summaries import read_scalars
 
 pytestmark = pytest.mark.slow
 
@@ -157,7 +157,7 @@ def launcher_argv(model_dir, corpus, *bindings):
           "Trainer.histogram_interval = None", "Trainer.eval_interval = None",
           "Trainer.checkpoint_interval = 20", "distribution.strategy = 'multi_worker'",
           "distribution.heartbeat_timeout_seconds = 5"]
-  args = ["-m", "experiments.main", f"--model_dir={model_dir}", "--gin_file=charlm.gin"]
+  args = ["-m", "tbptt", f"--model_dir={model_dir}", "--gin_file=charlm.gin"]
   return args + [f"--gin_bindings={b}" for b in tiny + list(bindings)]
 
 

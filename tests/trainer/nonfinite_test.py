@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from toy_task import DelayTask
-from trainer import Trainer, runtime
-from trainer.errors import ConfigError, TrainingError
-from trainer.summaries import read_scalars, read_tags
+from tbptt.trainer import Trainer, runtime
+from tbptt.trainer.errors import ConfigError, TrainingError
+from tbptt.trainer.summaries import read_scalars, read_tags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUIET = dict(histogram_interval=None, log_interval=10**6, eval_interval=None)
@@ -134,7 +134,7 @@ def launch(model_dir, corpus, *bindings):
   args = [f"--model_dir={model_dir}", "--gin_file=charlm.gin"]
   args += [f"--gin_bindings={b}" for b in tiny + list(bindings)]
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-  return subprocess.run([sys.executable, "-m", "experiments.main"] + args, cwd=REPO, env=env,
+  return subprocess.run([sys.executable, "-m", "tbptt"] + args, cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=300)
 
 

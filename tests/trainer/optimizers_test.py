@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from trainer import optimizers
-from trainer.errors import ConfigError
+from tbptt.trainer import optimizers
+from tbptt.trainer.errors import ConfigError
 
 
 def rates(schedule, steps):

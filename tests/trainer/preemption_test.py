@@ -15,8 +15,8 @@ import time
 import pytest
 import tensorflow as tf
 
-from trainer.checkpointing import is_complete
-from trainer.summaries import read_scalars
+from tbptt.trainer.checkpointing import is_complete
+from tbptt.trainer.summaries import read_scalars
 
 pytestmark = pytest.mark.slow
 

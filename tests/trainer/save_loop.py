@@ -12,12 +12,11 @@ import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from trainer.checkpointing import Checkpointer  # noqa: E402
+from tbptt.trainer.checkpointing import Checkpointer  # noqa: E402
 
 SHAPE = (1024, 4096)
 

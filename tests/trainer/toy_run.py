@@ -18,15 +18,14 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import gin  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from toy_task import DelayTask  # noqa: E402
-from trainer import Trainer  # noqa: E402
-from trainer.distribute import make_strategy  # noqa: E402
+from tbptt.trainer import Trainer  # noqa: E402
+from tbptt.trainer.distribute import make_strategy  # noqa: E402
 
 CONFIG = """
 Trainer.checkpoint_interval = 10

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from layers import LSTM, LSTMState
-from trainer.task import Task
+from tbptt.layers import LSTM, LSTMState
+from tbptt.trainer.task import Task
 
 
 class ToyLM(keras.Model):

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from layers import LSTMState
+from tbptt.layers import LSTMState
 from toy_task import DelayTask
-from trainer import runtime
-from trainer.train_step import NonFiniteCounters, eval_step, forward_backward, train_step
+from tbptt.trainer import runtime
+from tbptt.trainer.train_step import NonFiniteCounters, eval_step, forward_backward, train_step
 
 ROWS = 4
 

@@ -17,11 +17,11 @@ import tensorflow as tf
 
 from file_digest import digest
 from toy_task import DelayTask
-from trainer import Trainer, runtime
-from trainer.controller import TrainingInterrupted
-from trainer.distribute import make_strategy
-from trainer.errors import ConfigError, TrainingError
-from trainer.summaries import read_scalars, read_tags
+from tbptt.trainer import Trainer, runtime
+from tbptt.trainer.controller import TrainingInterrupted
+from tbptt.trainer.distribute import make_strategy
+from tbptt.trainer.errors import ConfigError, TrainingError
+from tbptt.trainer.summaries import read_scalars, read_tags
 
 TRAIN_TAGS = {"loss", "grad_norm", "learning_rate", "steps_per_sec", "tokens_per_sec",
               "nonfinite_steps", "state/h", "state/c", "operative_config"}

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from experiments.data import corpus as corpus_lib
-from experiments.data.corpus import TextCorpus
-from trainer.errors import ConfigError
+from tbptt.experiments.data import corpus as corpus_lib
+from tbptt.experiments.data.corpus import TextCorpus
+from tbptt.trainer.errors import ConfigError
 
 WORDS = "the cat sat on the mat\nthe dog sat on the log\n" * 20
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.data import series as series_lib
-from trainer.errors import ConfigError
+from tbptt.experiments.data import series as series_lib
+from tbptt.trainer.errors import ConfigError
 
 
 def write_csv(path, header, rows):

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from experiments.data import vocab as vocab_lib
-from experiments.data.corpus import read_stdlib
-from experiments.data.tbptt import StreamLayout
-from trainer.errors import ConfigError
+from tbptt.experiments.data import vocab as vocab_lib
+from tbptt.experiments.data.corpus import read_stdlib
+from tbptt.experiments.data.tbptt import StreamLayout
+from tbptt.trainer.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

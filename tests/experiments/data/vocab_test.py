@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from experiments.data import vocab as vocab_lib
-from trainer.errors import ConfigError
+from tbptt.experiments.data import vocab as vocab_lib
+from tbptt.trainer.errors import ConfigError
 
 
 def test_word_tokens_follow_ptb():
