@@ -17,7 +17,7 @@ from tbptt.experiments import main as launcher  # Quiets the TF import; defines 
 from absl import app  # noqa: E402,I100
 from absl import flags  # noqa: E402
 
-from tbptt.experiments import experiment, gin_files  # noqa: E402
+from tbptt.experiments import console, experiment, gin_files  # noqa: E402
 from tbptt.trainer.errors import ConfigError, TrainingError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -35,6 +35,11 @@ def _command(name: str, fallback: str) -> str:
     return fallback
   relative = os.path.relpath(path)
   return relative if not relative.startswith("..") else path
+
+
+def further_target(step: int) -> int:
+  """A `Trainer.train_steps` that trains on from `step`: 5000, or twice the step once past it."""
+  return 5000 if step < 5000 else 2 * step
 
 
 def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
@@ -60,16 +65,16 @@ def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
 Next:
   {tensorboard} --logdir {model_dir}     # curves, histograms, the operative config
   {tbptt} --model_dir={model_dir} --gin_file={CONFIG} \\
-      --gin_bindings='Trainer.train_steps=5000'     # resume and train further
+      --gin_bindings='Trainer.train_steps={further_target(result["step"])}'     # train further
   {tbptt} --model_dir={model_dir} --gin_file={CONFIG} --mode=sample \\
       --gin_bindings="sample_text.prompt='class '"  # more samples""", flush=True)
   return {**result, "sample": sample["sample"], "minutes": minutes}
 
 
 def main(argv) -> int:
+  console.configure(FLAGS.verbosity)
   if len(argv) > 1:
-    return launcher.fail(2, f"unexpected arguments {argv[1:]}; "
-                            "hyperparameters go in --gin_bindings")
+    return launcher.fail(2, launcher.unexpected_arguments_message(argv[1:]))
   try:
     demo(FLAGS.model_dir or DEFAULT_DIR, FLAGS.gin_file, FLAGS.gin_bindings)
   except ConfigError as e:
@@ -81,7 +86,8 @@ def main(argv) -> int:
 
 def run(argv=None):
   app.run(main, argv=argv,
-          flags_parser=functools.partial(launcher.parse_flags, require_model_dir=False))
+          flags_parser=functools.partial(launcher.parse_flags, require_model_dir=False,
+                                         usage=lambda: __doc__.lstrip("`")))
 
 
 if __name__ == "__main__":

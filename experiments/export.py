@@ -5,6 +5,8 @@ The SavedModel in `model_dir/export` holds two tf.functions with fixed input sig
     outputs, state = loaded.step(inputs, state)          # inputs [B, T, ...]; the task's state nest
     state = loaded.initial_state(batch_size)             # zeros for batch_size rows
 
+(`step` takes int32 or int64 token ids, float32 or float64 values: NumPy's default dtypes work),
+
 and the same as flat serving signatures (for `saved_model_cli` and serving systems), where the state
 nest is flattened into tensors `state_0`, `state_1`, ... (for an LSTM stack: h and c of each layer,
 bottom first):
@@ -38,6 +40,18 @@ def _batch_spec(t):
   return tf.TensorSpec([None] * min(t.shape.rank, 2) + t.shape[2:], t.dtype)
 
 
+# Inputs that `step` takes besides the model's own dtype: NumPy's defaults for ints and floats.
+_WIDER = {tf.int32: tf.int64, tf.float32: tf.float64}
+
+
+def _accepted_input_specs(inputs_spec) -> list:
+  """The model's input spec, and the same with int64 / float64 where the model takes int32 /
+  float32."""
+  wider = tf.nest.map_structure(
+      lambda s: tf.TensorSpec(s.shape, _WIDER.get(s.dtype, s.dtype), s.name), inputs_spec)
+  return [inputs_spec] + ([wider] if wider != inputs_spec else [])
+
+
 class StreamingModel(tf.Module):
   """The model of a task, with signatures for step-by-step (streaming) inference.
 
@@ -64,6 +78,8 @@ class StreamingModel(tf.Module):
     batch_size_spec = tf.TensorSpec([], tf.int32, name="batch_size")
 
     def step(inputs, state):
+      # int64 ids (NumPy's default integer) and float64 values are cast to what the model takes.
+      inputs = tf.nest.map_structure(lambda t, s: tf.cast(t, s.dtype), inputs, inputs_spec)
       return self.model(inputs, state, training=False)
 
     def flat(state) -> dict:
@@ -75,7 +91,11 @@ class StreamingModel(tf.Module):
       outputs, state = step(inputs, state)
       return {"outputs": outputs, **flat(state)}
 
-    self.step = tf.function(step, input_signature=[inputs_spec, state_spec])
+    # No input_signature: one concrete function per accepted input dtype is traced and saved, and
+    # the loaded `step` picks the one that matches its arguments.
+    self.step = tf.function(step)
+    for accepted in _accepted_input_specs(inputs_spec):
+      self.step.get_concrete_function(accepted, state_spec)
     self.initial_state = tf.function(task.initial_state, input_signature=[batch_size_spec])
     self.serving_step = tf.function(serving_step,
                                     input_signature=flat_inputs_spec + flat_state_spec)

@@ -6,8 +6,10 @@ anywhere; `include` statements inside .gin files resolve the same way.
 """
 
 import contextlib
+import difflib
 import importlib.resources
 import importlib.util  # noqa: F401  (gin's missing-file path uses it without importing it)
+import inspect
 import logging
 import os
 import re
@@ -27,6 +29,11 @@ def packaged_configs_dir() -> str:
   return str(importlib.resources.files("tbptt.configs"))
 
 
+def packaged_configs() -> list:
+  """The names of the packaged .gin files, sorted."""
+  return sorted(f for f in os.listdir(packaged_configs_dir()) if f.endswith(".gin"))
+
+
 def resolve(path: str) -> str:
   """The file a --gin_file value names: the path itself if it exists, else a packaged config.
 
@@ -39,9 +46,40 @@ def resolve(path: str) -> str:
   packaged = os.path.join(packaged_configs_dir(), name)
   if os.path.isfile(packaged):
     return packaged
-  available = ", ".join(sorted(f for f in os.listdir(packaged_configs_dir()) if f.endswith(".gin")))
+  available = ", ".join(packaged_configs())
   raise ConfigError(f"--gin_file={path}: no such file here or among the packaged configs "
                     f"({available})")
+
+
+_UNKNOWN_PARAMETER = re.compile(
+    r"Configurable '(?P<configurable>[^']+)' doesn't have a parameter named '(?P<parameter>\w+)'")
+
+
+def _parameter_names(configurable_name: str) -> list:
+  """The parameters a gin configurable takes by name ([] if gin does not know it)."""
+  try:
+    configurable = gin.get_configurable(configurable_name)
+  except ValueError:
+    return []
+  fn = configurable.__init__ if inspect.isclass(configurable) else configurable
+  try:
+    parameters = inspect.signature(inspect.unwrap(fn)).parameters.values()
+  except (TypeError, ValueError):  # A builtin without a signature.
+    return []
+  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  return [p.name for p in parameters if p.kind in named and p.name != "self"]
+
+
+def spelling_hint(message: str) -> str:
+  """`did you mean `Trainer.train_steps`?` for gin's unknown-parameter message, else the generic
+  advice."""
+  match = _UNKNOWN_PARAMETER.search(message)
+  if match:
+    close = difflib.get_close_matches(match["parameter"],
+                                      _parameter_names(match["configurable"]), n=1, cutoff=0.6)
+    if close:
+      return f"did you mean `{match['configurable']}.{close[0]}`?"
+  return "check the spelling (a run's operative_config.gin lists every parameter)"
 
 
 def _one_line(error: Exception, source: str) -> str:
@@ -77,8 +115,7 @@ def _gin_errors(source: str):
   except ImportError as e:  # An `import` statement naming a module that is not installed.
     raise ConfigError(_one_line(e, source) + "; install it or remove the import") from None
   except (ValueError, NameError, AttributeError, TypeError) as e:
-    raise ConfigError(_one_line(e, source) + "; check the spelling (a run's operative_config.gin "
-                      "lists every parameter)") from None
+    raise ConfigError(f"{_one_line(e, source)}; {spelling_hint(str(e))}") from None
   finally:
     logging.disable(logging.NOTSET)
 

@@ -8,6 +8,7 @@ configuration error (one line on stderr), 1 training failure, 130/143 stopped by
 after a checkpoint.
 """
 
+import difflib
 import logging
 import os
 import sys
@@ -19,17 +20,62 @@ quiet_tensorflow_import()  # Before anything that imports TensorFlow.
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tbptt.experiments import experiment, gin_files  # noqa: E402
+from tbptt.experiments import console, experiment, gin_files  # noqa: E402
 from tbptt.trainer.errors import ConfigError, TrainingError  # noqa: E402
 
 flags.DEFINE_string("model_dir", None,
-                    "Directory for checkpoints, summaries and the operative config.")
+                    "Directory for checkpoints, summaries and the operative config; rerunning a "
+                    "command on it resumes from the newest checkpoint.")
 flags.DEFINE_multi_string("gin_file", [], "Gin config files: a path, or a packaged config such as "
-                          "charlm.gin. Later files override earlier ones.")
+                          "charlm.gin. Repeatable; later files override earlier ones.")
 flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings applied after the files, e.g. "
-                          "\"Trainer.train_steps=100\".")
-flags.DEFINE_enum("mode", "train", experiment.MODES, "What to do.")
+                          "\"Trainer.train_steps=100\". Repeatable.")
+flags.DEFINE_enum("mode", "train", experiment.MODES, "What to do (see Modes).")
 FLAGS = flags.FLAGS
+OWN_FLAGS = ("model_dir", "gin_file", "gin_bindings", "mode")
+HELP_FLAGS = ("--help", "-help", "-h", "--h", "--helpshort", "-helpshort", "-?")
+MODE_HELP = {
+    "train": "train to Trainer.train_steps, evaluating on the valid split on the way (default)",
+    "eval": "evaluate the newest checkpoint on the valid and test splits",
+    "train_and_eval": "train, then evaluate the final model on the valid and test splits",
+    "sample": "print text sampled from the newest checkpoint (sample_text.* bindings)",
+    "export": "write a streaming SavedModel of the newest checkpoint to MODEL_DIR/export",
+}
+
+
+def help_text() -> str:
+  """`tbptt --help`: what the program does, its modes, its own flags and two example commands."""
+  own = "\n".join(f"  --{name:<14} {FLAGS[name].help}" for name in OWN_FLAGS)
+  modes = "\n".join(f"  {mode:<16} {MODE_HELP[mode]}" for mode in experiment.MODES)
+  configs = ", ".join(gin_files.packaged_configs())
+  return f"""\
+tbptt: trains recurrent models (custom LSTM layers) with truncated backpropagation through time.
+
+Usage: tbptt --model_dir=DIR [--gin_file=FILE]... [--gin_bindings=BINDING]... [--mode=MODE]
+       (also: python -m tbptt ...)
+
+Flags say where things go, which configs to read and what to do; every hyperparameter is a gin
+binding (a run's DIR/operative_config.gin lists every one it used).
+
+Modes:
+{modes}
+
+Flags:
+{own}
+  --verbosity=N    0 (default): our own lines only; 1: also TensorFlow's INFO logging, with absl's
+                   prefixes (TensorFlow's native log: set TF_CPP_MIN_LOG_LEVEL=0)
+  --helpfull       every flag, absl's and TensorFlow's included
+
+Packaged configs: {configs}
+
+Examples:
+  tbptt --model_dir=runs/charlm --gin_file=charlm.gin
+  tbptt --model_dir=runs/charlm --gin_file=charlm.gin --gin_bindings='Trainer.train_steps=5000'
+  tbptt --model_dir=runs/charlm --gin_file=charlm.gin --mode=sample
+
+Exit codes: 0 done; 2 usage or configuration error (one line on stderr); 1 training failure;
+130 / 143 stopped by SIGINT / SIGTERM after writing a checkpoint.
+"""
 
 
 def fail(code: int, message: str) -> int:
@@ -42,8 +88,9 @@ def fail(code: int, message: str) -> int:
 
 
 def main(argv) -> int:
+  console.configure(FLAGS.verbosity)
   if len(argv) > 1:
-    return fail(2, f"unexpected arguments {argv[1:]}; hyperparameters go in --gin_bindings")
+    return fail(2, unexpected_arguments_message(argv[1:]))
   try:
     gin_files.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     experiment.run_experiment(os.path.abspath(FLAGS.model_dir), FLAGS.mode)
@@ -54,12 +101,37 @@ def main(argv) -> int:
   return 0
 
 
-def parse_flags(argv, require_model_dir: bool = True):
-  """Absl's parser, but a bad or missing flag is one line on stderr and exit code 2."""
+def unexpected_arguments_message(arguments) -> str:
+  """Positional arguments: a mode named without --mode, or a hyperparameter outside gin."""
+  if arguments[0] in experiment.MODES:
+    return f"unexpected argument {arguments[0]!r}; did you mean --mode={arguments[0]}? See --help"
+  return (f"unexpected arguments {arguments}; hyperparameters go in --gin_bindings "
+          "(see --help)")
+
+
+def unknown_flag_message(name: str) -> str:
+  """`unknown flag --gin_binding; did you mean --gin_bindings? See --help`."""
+  close = difflib.get_close_matches(name, OWN_FLAGS, n=1, cutoff=0.6)
+  if not close:
+    close = difflib.get_close_matches(name, list(FLAGS), n=1, cutoff=0.8)
+  if name in experiment.MODES:
+    close = [f"mode={name}"]
+  return f"unknown flag --{name}; " + (f"did you mean --{close[0]}? See --help" if close
+                                       else "see --help")
+
+
+def parse_flags(argv, require_model_dir: bool = True, usage=None):
+  """Absl's parser, but a bad or missing flag is one line on stderr and exit code 2, and --help
+  prints `usage()` (default: `help_text()`) and exits 0."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    print((usage or help_text)(), end="")
+    sys.exit(0)
   try:
     argv = FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    sys.exit(fail(2, unknown_flag_message(e.flagname)))
   except flags.Error as e:
-    sys.exit(fail(2, f"{e}; see --helpfull"))
+    sys.exit(fail(2, f"{e}; see --help"))
   if require_model_dir and FLAGS.model_dir is None:
     sys.exit(fail(2, "--model_dir is required, e.g. --model_dir=runs/charlm"))
   return argv

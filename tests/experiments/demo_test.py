@@ -23,6 +23,7 @@ def test_demo_trains_samples_and_resumes(tmp_path, capsys):
   assert first["sample"] in out
   next_steps = out.split("Next:", 1)[1]
   assert f"--logdir {model_dir}" in next_steps
+  assert "Trainer.train_steps=5000'" in next_steps
   assert (f"tbptt --model_dir={model_dir} --gin_file=charlm.gin" in next_steps or
           f"-m tbptt --model_dir={model_dir} --gin_file=charlm.gin" in next_steps)
   # After `make demo` nothing is on PATH: each printed program must exist where the line says.
@@ -35,6 +36,12 @@ def test_demo_trains_samples_and_resumes(tmp_path, capsys):
   second = demo_lib.demo(model_dir, bindings=TINY)
   assert second["step"] == 4 and second["sample"] == first["sample"]
   assert "Already trained to step 4." in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("step, target", [(4, 5000), (1500, 5000), (4999, 5000), (5000, 10000),
+                                          (12000, 24000)])
+def test_the_suggested_further_target_trains_further(step, target):
+  assert demo_lib.further_target(step) == target > step
 
 
 def test_demo_command_line_maps_errors_to_exit_codes(tmp_path, capsys):

@@ -51,6 +51,23 @@ def test_reloaded_model_streams_like_the_model(exported):
   assert [tuple(s.shape) for s in tf.nest.flatten(state)] == [(3, 4), (3, 8)] * 2
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_step_takes_numpy_ids_of_either_integer_width(exported, dtype):
+  task, _, loaded = exported
+  ids = np.array([[1, 2, 3], [4, 5, 6]], dtype)  # np.array([...]) alone is int64 on Linux.
+  outputs, state = loaded.step(ids, loaded.initial_state(2))
+  expected, expected_state = task.model(tf.constant(ids, tf.int32), task.initial_state(2))
+  np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-6)
+  for a, b in zip(tf.nest.flatten(state), tf.nest.flatten(expected_state)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_step_rejects_what_it_cannot_take(exported):
+  _, _, loaded = exported
+  with pytest.raises((TypeError, ValueError)):
+    loaded.step(np.array([["a", "b"]]), loaded.initial_state(1))
+
+
 def test_flat_serving_signatures(exported):
   task, _, loaded = exported
   init = loaded.signatures["initial_state"](batch_size=tf.constant(2))
@@ -122,3 +139,5 @@ def test_dict_inputs_export_by_key(tmp_path):
   outputs, state = loaded.step({"values": values}, loaded.initial_state(3))
   np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-6)
   np.testing.assert_allclose(state[1], expected_state.c, rtol=1e-6, atol=1e-6)
+  outputs, _ = loaded.step({"values": values.numpy().astype(np.float64)}, loaded.initial_state(3))
+  np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-6)

@@ -101,8 +101,14 @@ BAD_INPUTS = {
     "bad layer argument": (lambda f: ["--gin_bindings=LanguageModel.num_layers = 0"],
                            "LanguageModel: num_layers must be a positive integer, got 0"),
     "unknown flag": (lambda f: ["--learning_rate=0.1"],
-                     "Unknown command line flag 'learning_rate'"),
-    "positional argument": (lambda f: ["train"], "unexpected arguments"),
+                     "unknown flag --learning_rate; see --help$"),
+    "misspelt flag": (lambda f: ["--gin_binding=Trainer.train_steps=5"],
+                      "unknown flag --gin_binding; did you mean --gin_bindings\\? See --help$"),
+    "misspelt gin parameter": (lambda f: ["--gin_bindings=Trainer.train_step=100"],
+                               "named 'train_step'.*; did you mean `Trainer.train_steps`\\?$"),
+    "positional argument": (lambda f: ["x=1"], "unexpected arguments"),
+    "mode without --mode": (lambda f: ["eval"],
+                            "unexpected argument 'eval'; did you mean --mode=eval\\? See --help$"),
 }
 
 
@@ -131,6 +137,46 @@ def test_missing_model_dir_and_required_paths(files, tmp_path, capsys):
   assert err == ["tbptt: error: TextCorpus.train_path is not set; pass --gin_bindings=\"TextCorpus"
                  ".train_path='/data/ptb.train.txt'\" (or 'stdlib' for the embedded corpus)"]
   assert not os.path.exists(tmp_path / "ptb")
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h", "--helpshort"])
+def test_help_says_what_the_program_does_and_exits_0(flag, capsys):
+  assert launch([flag]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("tbptt: trains recurrent models")
+  for mode in ("train", "eval", "train_and_eval", "sample", "export"):
+    assert re.search(rf"^  {mode} +\S", out, re.M), mode
+  for flag_name in main_lib.OWN_FLAGS + ("verbosity",):
+    assert re.search(rf"^  --{flag_name}", out, re.M), flag_name
+  assert "Try --helpfull" not in out and "charlm.gin" in out
+  examples = out.split("Examples:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+  assert len(examples) >= 2 and all(line.startswith("  tbptt --model_dir=") for line in examples)
+
+
+_ABSL_PREFIX = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\]", re.M)
+
+
+@pytest.mark.slow
+def test_console_shows_our_lines_only_unless_asked(files, tmp_path):
+  """Default: no absl prefixes, no TensorFlow INFO chatter; --verbosity=1 brings both back."""
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+  outputs = {}
+  for verbosity in (0, 1):
+    argv = ([sys.executable, "-m", "tbptt", f"--verbosity={verbosity}"]
+            + base_argv(tmp_path / f"run{verbosity}", files))
+    for mode in ("train", "export"):
+      done = subprocess.run(argv + [f"--mode={mode}"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=600)
+      assert done.returncode == 0, done.stderr
+      outputs[verbosity, mode] = done.stdout + done.stderr
+  for mode in ("train", "export"):
+    quiet, chatty = outputs[0, mode], outputs[1, mode]
+    assert not _ABSL_PREFIX.search(quiet), quiet
+    assert "Sharding callback" not in quiet and "Assets written" not in quiet, quiet
+    assert _ABSL_PREFIX.search(chatty), chatty
+  assert "Assets written" in outputs[1, "export"]
+  assert "Exported step 3" in outputs[0, "export"]
 
 
 @pytest.mark.slow
