@@ -114,3 +114,14 @@ def test_a_user_project_with_clashing_folders_imports_and_launches(tmp_path):
   assert result.returncode == 0, result.stderr[-2000:]
   assert (model_dir / "checkpoints" / "checkpoint").is_file()
   assert "LanguageModel.units = 8" in (model_dir / "operative_config.gin").read_text()
+
+
+def test_the_license_file_is_the_license_setup_cfg_names():
+  config = configparser.ConfigParser()
+  config.read(REPO / "setup.cfg")
+  assert config["metadata"]["license"] == "Apache-2.0"
+  assert config["metadata"]["license_files"].strip() == "LICENSE"
+  text = (REPO / "LICENSE").read_text()
+  assert text.split()[:5] == ["Apache", "License", "Version", "2.0,", "January"]
+  assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in text
+  assert "END OF TERMS AND CONDITIONS" in text

@@ -51,12 +51,13 @@ def test_reloaded_model_streams_like_the_model(exported):
   assert [tuple(s.shape) for s in tf.nest.flatten(state)] == [(3, 4), (3, 8)] * 2
 
 
-@pytest.mark.parametrize("dtype", [np.int32, np.int64])
-def test_step_takes_numpy_ids_of_either_integer_width(exported, dtype):
+@pytest.mark.parametrize("convert", [np.int32, np.int64, tf.int64], ids=str)
+def test_step_takes_ids_of_either_integer_width(exported, convert):
   task, _, loaded = exported
-  ids = np.array([[1, 2, 3], [4, 5, 6]], dtype)  # np.array([...]) alone is int64 on Linux.
+  ids = [[1, 2, 3], [4, 5, 6]]  # np.array(ids) is int64 on Linux; tf.data pipelines give int64 too.
+  ids = tf.constant(ids, convert) if isinstance(convert, tf.DType) else np.array(ids, convert)
   outputs, state = loaded.step(ids, loaded.initial_state(2))
-  expected, expected_state = task.model(tf.constant(ids, tf.int32), task.initial_state(2))
+  expected, expected_state = task.model(tf.cast(ids, tf.int32), task.initial_state(2))
   np.testing.assert_allclose(outputs, expected, rtol=1e-6, atol=1e-6)
   for a, b in zip(tf.nest.flatten(state), tf.nest.flatten(expected_state)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
