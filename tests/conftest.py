@@ -1,8 +1,15 @@
 """Shared test set-up: quiet TensorFlow, two logical CPU devices, a clean gin config per test."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Token-id caches of the test corpora go to a folder of this session (subprocesses inherit it).
+if "TBPTT_CACHE_DIR" not in os.environ:
+  os.environ["TBPTT_CACHE_DIR"] = tempfile.mkdtemp(prefix="tbptt-test-cache-")
+  atexit.register(shutil.rmtree, os.environ["TBPTT_CACHE_DIR"], True)
 
 import gin  # noqa: E402
 import pytest  # noqa: E402

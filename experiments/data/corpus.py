@@ -5,16 +5,23 @@ files, read from the running interpreter (`sysconfig.get_paths()["stdlib"]`). Th
 by name and taken in order up to `stdlib_bytes`; file i of that list goes to valid if i % 10 == 9,
 to test if i % 10 == 4, otherwise to train. It depends on the interpreter's version, so compare
 numbers across runs of one interpreter. Select a split of it with the path value 'stdlib'.
+
+A text file is tokenized once, in streaming passes, into a token-id file in a per-user cache (see
+`token_cache`), and read through a memory map: memory does not grow with the corpus. The embedded
+corpus is small and is tokenized in memory.
 """
 
 import os
 import pathlib
-import stat
 import sysconfig
 
 import gin
+import numpy as np
+
+from tbptt.experiments.data import token_cache, token_ids
 from tbptt.experiments.data import vocab as vocab_lib
 from tbptt.experiments.data.tbptt import StreamLayout
+from tbptt.experiments.data.text_source import TextSource
 from tbptt.trainer.errors import ConfigError
 
 STDLIB = "stdlib"
@@ -42,48 +49,31 @@ def read_stdlib(split: str, max_bytes: int) -> str:
                      for p in stdlib_files(split, max_bytes))
 
 
-# A text with more undecodable bytes than this (as a fraction) is not a text file.
-MAX_UNDECODABLE = 0.01
+def _in_memory_ids(text: str, level: str, vocab=None):
+  """(vocab, ids int32 [N]) of a text held in memory (the embedded corpus: a few MB). The
+  vocabulary is built from the text unless `vocab` is given."""
+  if vocab is None:
+    if level == "char":
+      vocab = token_ids.count_vocabulary([text], level)
+    else:
+      provisional = []
+      vocab, lut = token_ids.vocabulary_and_provisional_ids([text], level, provisional.append)
+      return vocab, np.concatenate(list(token_ids.remap(provisional, lut, vocab.size)))
+  return vocab, np.concatenate(list(token_ids.encode([text], vocab)))
 
 
-def _read(split: str, path, max_bytes: int) -> str:
-  """The text of a split's file; a few bytes that are not UTF-8 become U+FFFD.
-
-  Raises:
-    ConfigError: the path is not a string; the file is missing, a directory, unreadable, empty or
-      whitespace only, or binary (a NUL byte, or more than MAX_UNDECODABLE of it is not UTF-8).
-  """
-  binding = f"TextCorpus.{split}_path"
+def _training_ids(path, level: str, stdlib_bytes: int):
+  """(vocab, ids) of the training split: cached and memory-mapped for a file."""
   if path == STDLIB:
-    return read_stdlib(split, max_bytes)
-  if not isinstance(path, (str, os.PathLike)) or "\0" in os.fspath(path):
-    raise ConfigError(f"{binding} must be a file path or '{STDLIB}', got {path!r}; pass "
-                      f"--gin_bindings=\"{binding}='/path/to/{split}.txt'\"")
-  try:
-    kind = os.stat(path).st_mode
-    if stat.S_ISDIR(kind):
-      raise IsADirectoryError
-    if not stat.S_ISREG(kind):  # A pipe would block, /dev/zero would never end.
-      raise ConfigError(f"{binding}={path!r} is not a regular file; point it at a text file")
-    with open(path, "rb") as f:
-      data = f.read()
-  except FileNotFoundError:
-    raise ConfigError(f"{binding}={path!r}: no such file; pass "
-                      f"--gin_bindings=\"{binding}='/path/to/{split}.txt'\"") from None
-  except IsADirectoryError:
-    raise ConfigError(f"{binding}={path!r} is a directory; point it at a text file in it, e.g. "
-                      f"--gin_bindings=\"{binding}='{os.path.join(path, split)}.txt'\"") from None
-  except OSError as e:
-    raise ConfigError(f"{binding}={path!r} cannot be read: {e.strerror or e}; check the file and "
-                      "its permissions") from None
-  text = data.decode("utf-8", errors="replace")
-  undecodable = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
-  if b"\0" in data or undecodable > MAX_UNDECODABLE * len(data):
-    raise ConfigError(f"{binding}={path!r} is not UTF-8 text (a binary file?); point it at a text "
-                      "file, or convert it with e.g. iconv -t UTF-8")
-  if not text.strip():
-    raise ConfigError(f"{binding}={path!r} is empty; point it at a text file")
-  return text
+    return _in_memory_ids(read_stdlib("train", stdlib_bytes), level)
+  return token_cache.train_ids(TextSource("train", path), level)
+
+
+def _eval_ids(split: str, path, vocab, stdlib_bytes: int):
+  """The ids of an evaluation split under the training vocabulary."""
+  if path == STDLIB:
+    return _in_memory_ids(read_stdlib(split, stdlib_bytes), vocab.level, vocab)[1]
+  return token_cache.eval_ids(TextSource(split, path), vocab)
 
 
 @gin.configurable
@@ -132,12 +122,11 @@ class TextCorpus:
     self.seq_len = seq_len
     self.eval_batch_size = eval_batch_size or batch_size
     self.paths = {"train": train_path, "valid": valid_path, "test": test_path}
-    texts = {split: _read(split, path, stdlib_bytes)
-             for split, path in self.paths.items() if path is not None}
-
-    train_tokens = vocab_lib.tokenize(texts["train"], level)
+    for split, path in self.paths.items():  # Every path is checked before any is tokenized.
+      if path is not None and path != STDLIB:
+        TextSource(split, path)
+    self.vocab, train_ids = _training_ids(train_path, level, stdlib_bytes)
     self.vocab_path = None if model_dir is None else os.path.join(model_dir, VOCAB_FILE)
-    self.vocab = vocab_lib.Vocabulary.build(train_tokens, level)
     self._vocab_saved = False
     if self.vocab_path is not None and os.path.exists(self.vocab_path):
       saved = vocab_lib.Vocabulary.load(self.vocab_path)
@@ -148,13 +137,14 @@ class TextCorpus:
             f"{self.vocab.size} tokens); use the original text or a new --model_dir")
       self.vocab, self._vocab_saved = saved, True
 
-    self.train = StreamLayout(self.vocab.encode(train_tokens), batch_size, seq_len,
+    self.train = StreamLayout(train_ids, batch_size, seq_len,
                               f"the training text (TextCorpus.train_path={train_path!r})")
     self.evals = {
-        split: StreamLayout(self.vocab.encode_text(texts[split]), self.eval_batch_size, seq_len,
+        split: StreamLayout(_eval_ids(split, self.paths[split], self.vocab, stdlib_bytes),
+                            self.eval_batch_size, seq_len,
                             f"the {split} text (TextCorpus.{split}_path={self.paths[split]!r}) at "
                             f"eval_batch_size {self.eval_batch_size}")
-        for split in ("valid", "test") if split in texts}
+        for split in ("valid", "test") if self.paths[split] is not None}
 
   def save_vocab(self) -> None:
     """Writes the vocabulary to model_dir (once; an existing file is never rewritten)."""

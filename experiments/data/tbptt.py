@@ -20,7 +20,9 @@ class StreamLayout:
   """B contiguous streams of one token sequence, read in T-long chunks.
 
   Args:
-    ids: int [N] token ids of the whole split.
+    ids: int [N] token ids of the whole split: an array (held as one constant tensor) or an
+      np.memmap (left on disk; each chunk's window is read from it by `tf.numpy_function`, so
+      memory does not grow with the corpus).
     batch_size: Rows B.
     seq_len: Chunk length T (tokens).
     name: What the ids are (for error messages), e.g. "the training text".
@@ -30,7 +32,9 @@ class StreamLayout:
   """
 
   def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, name: str = "the text"):
-    ids = np.asarray(ids, np.int32)
+    # A memory-mapped id file stays on disk: a step reads its B x (T + 1) window from the map.
+    self.memory_mapped = isinstance(ids, np.memmap)
+    ids = ids if self.memory_mapped else np.asarray(ids, np.int32)
     needed = batch_size * (seq_len + 1)
     if ids.shape[0] < needed:
       raise ConfigError(
@@ -43,7 +47,7 @@ class StreamLayout:
     self.streams = ids[:batch_size * length].reshape(batch_size, length)  # [B, L]
     self.num_chunks = (length - 1) // seq_len
     # Built eagerly once, so the tf.functions that read it capture it instead of embedding a copy.
-    self._streams = tf.constant(self.streams)
+    self._streams = None if self.memory_mapped else tf.constant(self.streams)
 
   @property
   def tokens_per_pass(self) -> int:
@@ -65,14 +69,25 @@ class StreamLayout:
     num_rows = self.batch_size if num_rows is None else num_rows
     index = tf.cast(index, tf.int32)
     row_start = tf.cast(row_start, tf.int32)
-    window = tf.slice(self._streams, tf.stack([row_start, index * self.seq_len]),
-                      [num_rows, self.seq_len + 1])
+    if self.memory_mapped:
+      window = tf.numpy_function(self._read_window, [index, row_start, tf.constant(num_rows)],
+                                 tf.int32, name="read_token_window")
+      window.set_shape([num_rows, self.seq_len + 1])
+    else:
+      window = tf.slice(self._streams, tf.stack([row_start, index * self.seq_len]),
+                        [num_rows, self.seq_len + 1])
     return {
         "inputs": window[:, :-1],
         "targets": window[:, 1:],
         "weights": tf.ones([num_rows, self.seq_len], tf.float32),
         "reset": tf.fill([num_rows], tf.equal(index, 0)),
     }
+
+  def _read_window(self, index, row_start, num_rows) -> np.ndarray:
+    """int32 [num_rows, T + 1]: the ids chunk `index` reads, copied out of the memory map."""
+    begin = int(index) * self.seq_len
+    rows = self.streams[int(row_start):int(row_start) + int(num_rows)]
+    return np.asarray(rows[:, begin:begin + self.seq_len + 1], np.int32)
 
   def chunk_for_step(self, step, row_start=0, num_rows: int | None = None) -> dict[str, tf.Tensor]:
     """The training chunk of a global step: chunk `step mod num_chunks` (passes repeat forever)."""

@@ -2,6 +2,7 @@
 sampling."""
 
 import collections
+import hashlib
 import json
 import os
 from typing import Iterable, Sequence
@@ -67,6 +68,15 @@ class Vocabulary:
   @property
   def unk_id(self) -> int:
     return 0
+
+  def id(self, token: str) -> int:
+    """The id of `token`; the `<unk>` id for a token not in the vocabulary."""
+    return self._ids.get(token, 0)
+
+  def digest(self) -> str:
+    """A hash of the level and the id-ordered tokens (keys the token ids encoded with it)."""
+    text = json.dumps({"level": self.level, "tokens": self.tokens}, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
   def __eq__(self, other) -> bool:
     return (isinstance(other, Vocabulary) and self.level == other.level

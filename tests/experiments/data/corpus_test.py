@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from tbptt.experiments.data import corpus as corpus_lib
+from tbptt.experiments.data import vocab as vocab_lib
 from tbptt.experiments.data.corpus import TextCorpus
 from tbptt.trainer.errors import ConfigError
 
@@ -96,3 +97,25 @@ def test_stdlib_char_corpus():
   assert set("def return import") <= set(corpus.vocab.tokens)
   assert corpus.train.num_chunks > 100 and corpus.evals["valid"].num_chunks > 10
   assert "test" not in corpus.evals
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+def test_file_splits_are_memory_mapped_and_tokenized_as_the_whole_text(ptb_like, level):
+  corpus = _corpus(ptb_like, level=level)
+  with open(ptb_like["train"]) as f:
+    train_text = f.read()
+  expected = vocab_lib.Vocabulary.build(vocab_lib.tokenize(train_text, level), level)
+  assert corpus.vocab == expected
+  assert corpus.train.memory_mapped and corpus.evals["valid"].memory_mapped
+  ids = expected.encode_text(train_text)
+  length = ids.shape[0] // 2
+  np.testing.assert_array_equal(corpus.train.streams, ids[:2 * length].reshape(2, length))
+  assert corpus.train.streams.dtype == np.uint8
+
+
+def test_the_embedded_corpus_stays_in_memory():
+  corpus = TextCorpus(train_path="stdlib", valid_path="stdlib", batch_size=4, seq_len=20,
+                      stdlib_bytes=200_000)
+  assert not corpus.train.memory_mapped and not corpus.evals["valid"].memory_mapped
+  text = corpus_lib.read_stdlib("train", 200_000)
+  assert corpus.vocab == vocab_lib.Vocabulary.build(vocab_lib.tokenize(text, "char"), "char")

@@ -68,3 +68,23 @@ def test_exactly_one_batch_of_tokens_is_enough():
 def test_too_short_names_the_sizes():
   with pytest.raises(ConfigError, match=r"has 32 tokens.*batch_size 3 x \(seq_len 10 \+ 1\) = 33"):
     StreamLayout(np.arange(32), batch_size=3, seq_len=10, name="the training text")
+
+
+def test_a_memory_mapped_stream_reads_the_same_chunks(tmp_path, real_ids):
+  path = tmp_path / "ids.bin"
+  real_ids.astype(np.uint8).tofile(path)
+  mapped = StreamLayout(np.memmap(path, np.uint8, mode="r"), batch_size=4, seq_len=16)
+  held = StreamLayout(real_ids, batch_size=4, seq_len=16)
+  assert mapped.memory_mapped and not held.memory_mapped
+  assert mapped.num_chunks == held.num_chunks
+
+  @tf.function
+  def read(layout, step, row_start):
+    return layout.chunk_for_step(step, row_start, num_rows=2)
+
+  for step in (0, 3, mapped.num_chunks + 3):
+    a = read(mapped, tf.constant(step, tf.int64), tf.constant(1))
+    b = read(held, tf.constant(step, tf.int64), tf.constant(1))
+    for key in ("inputs", "targets", "weights", "reset"):
+      assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+      np.testing.assert_array_equal(a[key], b[key])
