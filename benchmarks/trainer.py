@@ -150,7 +150,7 @@ def bare_round(trainer: Trainer, steps: int, steps_per_loop: int) -> Callable[[]
     done = 0
     while done < steps:
       n = min(steps_per_loop, steps - done)
-      trainer.train_loop(n)  # Returns NumPy values: the steps have run when it returns.
+      trainer.runner.train(n)  # Returns NumPy values: the steps have run when it returns.
       done += n
   return run
 
