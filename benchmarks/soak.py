@@ -53,7 +53,7 @@ CADENCES = ("eval_interval", "checkpoint_interval", "histogram_interval")
 _OURS = "tbptt."  # Walk only this package's objects.
 
 
-def compiled_functions(root, name: str = "trainer", depth: int = 4, seen=None) -> dict:
+def compiled_functions(root, name: str = "trainer", depth: int = 6, seen=None) -> dict:
   """Every tf.function reachable from `root` through this project's objects, by attribute path.
 
   Walks the attributes of objects defined in trainer/, experiments/ and layers/ (and the dicts,
@@ -108,7 +108,7 @@ def soak(steps: int, bindings: list[str], model_dir: str) -> tuple[dict, dict, d
   gin.clear_config()
   gin_files.parse(["base.gin"], MODEL + [f"Trainer.train_steps = {steps}"] + bindings)
   _, task, trainer = experiment.build(model_dir, LanguageModelTask)
-  cadence = {name: getattr(trainer.controller, f"_{name}") for name in CADENCES}
+  cadence = {name: getattr(trainer.config, name) for name in CADENCES}
   warmup = max([int(steps * WARMUP_FRACTION)] + [v for v in cadence.values() if v])
   if warmup >= steps:
     raise ValueError(f"--steps {steps} leaves nothing after the warm-up ({warmup} steps: every "
@@ -120,7 +120,7 @@ def soak(steps: int, bindings: list[str], model_dir: str) -> tuple[dict, dict, d
   warm = measure(trainer, trainer.step, time.perf_counter() - start)
   trainer.train()
   end = measure(trainer, trainer.step, time.perf_counter() - start)
-  trainer.summaries.close()
+  trainer._summaries.close()  # Its writers hold files open; the run is over.
   gin.clear_config()
   return warm, end, cadence
 

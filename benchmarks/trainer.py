@@ -21,6 +21,7 @@ the bare loop (bare / trainer - 1) under 5%.
 """
 
 import argparse
+import contextlib
 import datetime
 import os
 import pathlib
@@ -150,7 +151,7 @@ def bare_round(trainer: Trainer, steps: int, steps_per_loop: int) -> Callable[[]
     done = 0
     while done < steps:
       n = min(steps_per_loop, steps - done)
-      trainer.train_loop(n)  # Returns NumPy values: the steps have run when it returns.
+      trainer.runner.train(n)  # Returns NumPy values: the steps have run when it returns.
       done += n
   return run
 
@@ -242,8 +243,10 @@ def main(argv=None) -> int:
   logging.set_verbosity(logging.WARNING)
   with tempfile.TemporaryDirectory(prefix="tbptt_bench_") as directory:
     print(f"timing {shape}, {rounds} rounds of {steps} steps ...", file=sys.stderr, flush=True)
-    runs = candidates(shape, steps, steps_per_loop, directory, args.quick)
-    seconds = time_interleaved(runs, rounds)
+    # The Trainer's progress lines go to stderr with the other chatter; stdout is the table.
+    with contextlib.redirect_stdout(sys.stderr):
+      runs = candidates(shape, steps, steps_per_loop, directory, args.quick)
+      seconds = time_interleaved(runs, rounds)
   text, passed = report(seconds, shape, steps, rounds)
   print(text)
   return 1 if args.strict and not passed else 0

@@ -17,7 +17,7 @@ from tbptt.experiments import main as launcher  # Quiets the TF import; defines 
 from absl import app  # noqa: E402,I100
 from absl import flags  # noqa: E402
 
-from tbptt.experiments import console, experiment, gin_files  # noqa: E402
+from tbptt.experiments import console, experiment, gin_files, hints  # noqa: E402
 from tbptt.trainer.errors import ConfigError, TrainingError  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -78,7 +78,7 @@ def main(argv) -> int:
   try:
     demo(FLAGS.model_dir or DEFAULT_DIR, FLAGS.gin_file, FLAGS.gin_bindings)
   except ConfigError as e:
-    return launcher.fail(2, e)
+    return launcher.fail(2, hints.with_hint(e))
   except TrainingError as e:
     return launcher.fail(1, e)
   return 0

@@ -21,7 +21,7 @@ from tbptt.experiments import forecasting  # noqa: F401
 from tbptt.experiments import language_model  # noqa: F401
 from tbptt.experiments import export as export_lib
 from tbptt.experiments import run_lock, sampling, storage
-from tbptt.trainer import Trainer
+from tbptt.trainer import Trainer, TrainerConfig
 from tbptt.trainer import optimizers  # noqa: F401
 from tbptt.trainer.distribute import make_strategy
 from tbptt.trainer.errors import ConfigError
@@ -40,6 +40,10 @@ _OOM = re.compile(r"OOM when allocating tensor with shape\s*\[[^\]]*\](?: and ty
 def build(model_dir: str, task_fn):
   """Builds (strategy, task, trainer); every variable is created inside the strategy's scope.
 
+  The trainer's config (gin: `Trainer.*`) is read once, here; its runtime (seed, determinism,
+  precision) is applied after the strategy exists and before the task builds its model, and the
+  same config goes to the Trainer.
+
   Raises:
     ConfigError: the task or Trainer rejects its configuration.
   """
@@ -47,10 +51,13 @@ def build(model_dir: str, task_fn):
     raise ConfigError("run_experiment.task_fn is not set; add --gin_file=charlm.gin (or another "
                       "config) or --gin_bindings='run_experiment.task_fn=@LanguageModelTask'")
   with _as_config_errors():
+    config = TrainerConfig()
+    # A multi-worker strategy must exist before any other op runs (seeding runs ops).
     strategy = make_strategy()
+    config.runtime.apply()
   with strategy.scope(), _as_config_errors():
     task = task_fn(model_dir=model_dir)
-    trainer = Trainer(task=task, model_dir=model_dir, strategy=strategy)
+    trainer = Trainer(task=task, model_dir=model_dir, strategy=strategy, config=config)
   return strategy, task, trainer
 
 

@@ -20,7 +20,7 @@ quiet_tensorflow_import()  # Before anything that imports TensorFlow.
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from tbptt.experiments import console, experiment, gin_files  # noqa: E402
+from tbptt.experiments import console, experiment, gin_files, hints  # noqa: E402
 from tbptt.trainer.errors import ConfigError, TrainingError  # noqa: E402
 
 flags.DEFINE_string("model_dir", None,
@@ -95,7 +95,7 @@ def main(argv) -> int:
     gin_files.parse(FLAGS.gin_file, FLAGS.gin_bindings)
     experiment.run_experiment(os.path.abspath(FLAGS.model_dir), FLAGS.mode)
   except ConfigError as e:
-    return fail(2, e)
+    return fail(2, hints.with_hint(e))
   except TrainingError as e:
     return fail(1, e)
   return 0

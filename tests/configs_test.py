@@ -59,7 +59,7 @@ def test_config_builds_its_experiment(config, ptb_files, tmp_path):
   predictions, _ = task.model(batch["inputs"], task.initial_state(task.global_batch_size))
   loss = task.loss(batch, predictions)
   assert loss.shape == batch["weights"].shape
-  assert trainer.train_steps > 0 and task.steps_per_epoch > 0
+  assert trainer.config.train_steps > 0 and task.steps_per_epoch > 0
   assert os.listdir(tmp_path) == []  # Building writes nothing.
 
 
@@ -88,10 +88,10 @@ def test_ptb_configs_follow_zaremba(config, units, seq_len, dropout, init_scale,
   assert all(not c.unit_forget_bias for c in cells)
   kernel = cells[0].kernel.numpy()
   assert abs(kernel).max() <= init_scale and abs(kernel).max() > 0.9 * init_scale
-  assert isinstance(trainer.optimizer, keras.optimizers.SGD)
+  assert isinstance(trainer.runner.optimizer, keras.optimizers.SGD)
   # Keras exposes only the current rate publicly; the Trainer scales the schedule by its
   # rollback factor (optimizers.Scaled).
-  schedule = trainer.optimizer._learning_rate.schedule
+  schedule = trainer.runner.optimizer._learning_rate.schedule
   assert isinstance(schedule, optimizers.EpochDecay)
   assert schedule.learning_rate == 1.0 and schedule.decay == pytest.approx(decay)
   assert schedule.decay_start_epoch == start
@@ -104,4 +104,4 @@ def test_override_binding_reaches_its_object(tmp_path):
   _, task, trainer = build("charlm.gin", TINY_LM + overrides, tmp_path)
   assert task.train_batch(0, 0, 6)["inputs"].shape == (6, 7)
   assert all(layer.cell.num_proj == 4 for layer in task.model.rnn.layers_)
-  assert float(trainer.optimizer.learning_rate) == pytest.approx(0.0123)
+  assert float(trainer.runner.optimizer.learning_rate) == pytest.approx(0.0123)

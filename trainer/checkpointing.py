@@ -1,14 +1,20 @@
 """Checkpoints in model_dir/checkpoints (`ckpt-<step>.*`, `checkpoint`), the best one in .../best.
 
-Crash safety comes from TensorFlow's write order: `Checkpoint.write` writes the data shards and the
+`tf.train.CheckpointManager` writes, numbers and records the checkpoints. Crash safety comes from
+TensorFlow's write order: `Checkpoint.write` writes the data shards and the
 `.index` into a temporary directory (`ckpt-<step>_temp/`) and moves them into place, and only then
 does `CheckpointManager` rewrite the `checkpoint` state file (itself atomically: a temporary file
 renamed over it). Restores read that state file, never a glob of `ckpt-*`, so a save that was cut
 short (SIGKILL, a second signal, a full disk) is never restored: the previous checkpoint is (its
-`_temp/` debris is deleted by the next run's first save). Files are deleted only after the state
-file stopped listing them: old checkpoints beyond `max_to_keep` (TensorFlow's manager deletes first
-and rewrites the list after), and a listed step that is saved again (see `save`). `latest` also
-skips a listed checkpoint whose files are not all there (e.g. deleted by hand).
+`_temp/` debris is deleted by the next run's first save). What the manager does not give: files are
+deleted only after the state file stopped listing them, so the state file never lists an
+incomplete checkpoint (the manager's own `max_to_keep` deletes first and rewrites the list after):
+old checkpoints beyond `max_to_keep`, and a listed step that is saved again (see `save`). `latest`
+also skips a listed checkpoint whose files are not all there (e.g. deleted by hand).
+
+Values that live outside variables (the carried per-replica state) are copied in by `before_save`
+and back out by `after_restore`. TensorFlow's own log lines about each save and restore are
+silenced unless the `tbptt` logger is at DEBUG.
 
 Under multi-worker training every worker must save (the values are gathered with collectives), but
 only the chief's copy is kept: the others write into `write_directory`, which is deleted after each
@@ -16,12 +22,14 @@ save (as TensorFlow's multi-worker guide prescribes). Every worker restores from
 directory.
 """
 
+import contextlib
 import glob
+import logging
 import os
 import re
+from typing import Callable
 
 import tensorflow as tf
-from tensorflow.python.checkpoint import checkpoint_management
 
 from tbptt.trainer.errors import ConfigError
 
@@ -54,14 +62,20 @@ class Checkpointer:
     max_to_keep: Newest checkpoints kept (older ones are deleted after the state file dropped them).
     write_directory: Non-chief workers only: a scratch directory each save writes into and then
       deletes. None: save into `directory`.
+    before_save: Called before every write (copies values into the saved variables).
+    after_restore: Called after every restore (copies restored values out again).
     **objects: Trackables to save, by key (`model=`, `optimizer=`, `step=`, ...).
   """
 
   def __init__(self, directory: str, *, max_to_keep: int, write_directory: str | None = None,
-               **objects):
+               before_save: Callable[[], None] | None = None,
+               after_restore: Callable[[], None] | None = None, **objects):
     self.directory = directory
     self.write_directory = write_directory
+    self._before_save = before_save or (lambda: None)
+    self._after_restore = after_restore or (lambda: None)
     self._keep = {directory: max_to_keep, os.path.join(directory, "best"): 1}
+    self.objects = dict(objects)  # What is saved, by checkpoint key.
     self._checkpoint = tf.train.Checkpoint(**objects)
     self._managers = {d: self._new_manager(d) for d in self._keep}
     self._swept = False
@@ -110,11 +124,14 @@ class Checkpointer:
     if path is None:
       return None
     try:
-      status = self._checkpoint.restore(path)
-      status.assert_consumed()
+      with _quiet_tensorflow():
+        status = self._checkpoint.restore(path)
+        status.assert_consumed()
     except (AssertionError, ValueError, TypeError, tf.errors.OpError) as e:
       raise ConfigError(f"checkpoint {path} does not fit the model: {_first_line(e)}; use a new "
                         "--model_dir or the config this checkpoint was trained with") from None
+    self._after_restore()
+    _log.debug("Restored %s.", path)
     return path
 
   def save(self, step: int) -> str:
@@ -136,11 +153,14 @@ class Checkpointer:
     return self._save(os.path.join(self.directory, "best"), step)
 
   def _save(self, directory: str, step: int) -> str:
+    self._before_save()
     self._sweep_debris()
     prefix = os.path.join(directory, f"{CHECKPOINT_NAME}-{step}")
     if prefix in _listed(directory) or tf.io.gfile.exists(prefix + ".index"):
       self._drop(directory, [prefix])
-    path = self._managers[directory].save(checkpoint_number=step)
+    with _quiet_tensorflow():
+      path = self._managers[directory].save(checkpoint_number=step)
+    _log.debug("Saved %s.", path)
     listed = _listed(directory)
     excess = listed[:-self._keep[directory]]
     if excess:
@@ -162,7 +182,9 @@ class Checkpointer:
 
   def _save_scratch(self, step: int, directory: str) -> str:
     """A non-chief worker's save: the same values, written and then thrown away."""
-    path = self._checkpoint.write(os.path.join(directory, f"{CHECKPOINT_NAME}-{step}"))
+    self._before_save()
+    with _quiet_tensorflow():
+      path = self._checkpoint.write(os.path.join(directory, f"{CHECKPOINT_NAME}-{step}"))
     if tf.io.gfile.exists(self.write_directory):
       tf.io.gfile.rmtree(self.write_directory)
     return path
@@ -182,12 +204,13 @@ class Checkpointer:
     if kept:
       # With their timestamps: a manager only manages (and lists) checkpoints that have one newer
       # than the last preserved timestamp.
+      # Relative names, as the manager writes them, so model_dir can be moved.
       timestamps = [t for _, t in kept]
-      checkpoint_management.update_checkpoint_state_internal(
-          save_dir=directory, model_checkpoint_path=kept[-1][0],
-          all_model_checkpoint_paths=[p for p, _ in kept],
+      names = [os.path.relpath(p, directory) for p, _ in kept]
+      tf.compat.v1.train.update_checkpoint_state(
+          directory, names[-1], all_model_checkpoint_paths=names,
           all_model_checkpoint_timestamps=None if None in timestamps else timestamps,
-          last_preserved_timestamp=state.last_preserved_timestamp, save_relative_paths=True)
+          last_preserved_timestamp=state.last_preserved_timestamp)
     else:
       state_file = os.path.join(directory, "checkpoint")
       if tf.io.gfile.exists(state_file):
@@ -196,6 +219,25 @@ class Checkpointer:
       for path in tf.io.gfile.glob(glob.escape(prefix) + ".*"):
         tf.io.gfile.remove(path)
     self._managers[directory] = self._new_manager(directory)  # It caches what it manages.
+
+
+_log = logging.getLogger("tbptt.trainer")
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow():
+  """TensorFlow logs at INFO on every save (e.g. 'Sharding callback duration', through absl's
+  logger): keep those out of the console unless the `tbptt` logger is at DEBUG."""
+  loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
+  levels = [logger.level for logger in loggers]
+  if not logging.getLogger("tbptt").isEnabledFor(logging.DEBUG):
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(max(level, logging.WARNING))
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
 
 
 def _absolute(directory: str, path: str) -> str:

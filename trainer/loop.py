@@ -12,7 +12,9 @@ import numpy as np
 import tensorflow as tf
 
 from tbptt.trainer import distribute
-from tbptt.trainer.train_step import NonFiniteCounters, eval_step, forward_backward, train_step
+from tbptt.layers.state import reset_rows
+from tbptt.trainer.train_step import (SUM, NonFiniteCounters, eval_step, forward_backward,
+                                      train_step)
 
 
 class TrainOutputs(NamedTuple):
@@ -27,17 +29,6 @@ class TrainOutputs(NamedTuple):
   consecutive_nonfinite: int  # skipped steps in a row at the end of the loop
   state_rms: dict[str, float]  # RMS of each carried state tensor after the last step
   stopped: bool = False        # the loop ended early because some process asked to stop
-
-
-class NonFiniteInjection(NamedTuple):
-  """Test/debug hook: make the loss of some steps non-finite (NaN weights) to exercise recovery.
-
-  A listed step is poisoned only the first time this process takes it (a transient fault), so a
-  rollback that replays it trains through.
-  """
-
-  steps: tf.Tensor              # int64 [n] global steps to poison
-  first_untaken: tf.Variable    # int64 scalar: the first step this process has not taken yet
 
 
 def state_paths(structure) -> list[str]:
@@ -73,14 +64,12 @@ class TrainLoop:
     stop_request: Optional float32 scalar variable, set > 0 (from any thread) to ask for a stop:
       read in every step after the backward pass and all-reduced with the gradients, so every
       replica of every worker ends the loop after the same step.
-    injection: Optional `NonFiniteInjection` (test/debug hook).
   """
 
   def __init__(self, strategy, task, optimizer, *, global_step: tf.Variable,
                counters: NonFiniteCounters, rows: int, clip_norm: float | None,
                max_nonfinite_steps: int, jit_compile: bool = False,
-               stop_request: tf.Variable | None = None,
-               injection: NonFiniteInjection | None = None):
+               stop_request: tf.Variable | None = None):
     self._strategy = strategy
     self._task = task
     self._optimizer = optimizer
@@ -90,21 +79,15 @@ class TrainLoop:
     self._clip_norm = clip_norm
     self._max_nonfinite = max_nonfinite_steps
     self._stop_request = stop_request
-    self._injection = injection
     self._forward_backward = (tf.function(forward_backward, jit_compile=True) if jit_compile
                               else forward_backward)
     self._paths = None
     self._loop = tf.function(self._run)
 
-  def _replica_step(self, step, state, poison=None):
+  def _replica_step(self, step, state):
     ctx = tf.distribute.get_replica_context()
     row_start = ctx.replica_id_in_sync_group * self._rows
-    batch = self._task.train_batch(step, row_start, self._rows)
-    if poison is not None:
-      batch = dict(batch)
-      weights = batch["weights"]
-      batch["weights"] = weights * tf.where(poison, tf.constant(np.nan, weights.dtype),
-                                            tf.constant(1, weights.dtype))
+    batch = self._task.inputs.train_batch(step, row_start, self._rows)
     return train_step(self._task, self._optimizer, batch, state, counters=self._counters,
                       clip_norm=self._clip_norm, forward_backward_fn=self._forward_backward,
                       stop_request=self._stop_request)
@@ -120,16 +103,9 @@ class TrainLoop:
     for i in tf.range(num_steps):
       learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
       step = self._global_step.read_value()
-      extra = {}
-      if self._injection is not None:
-        listed = tf.reduce_any(tf.equal(step, self._injection.steps))
-        extra["poison"] = tf.logical_and(listed, step >= self._injection.first_untaken)
-      state, metrics = strategy.run(self._replica_step, args=(step, state), kwargs=extra)
+      state, metrics = strategy.run(self._replica_step, args=(step, state))
       metrics = distribute.first_replica(strategy, metrics)
       self._global_step.assign_add(1)
-      if self._injection is not None:
-        first_untaken = self._injection.first_untaken
-        first_untaken.assign(tf.maximum(first_untaken, step + 1))
       arrays["loss"] = arrays["loss"].write(i, metrics["loss"])
       arrays["grad_norm"] = arrays["grad_norm"].write(i, metrics["grad_norm"])
       arrays["learning_rate"] = arrays["learning_rate"].write(i, learning_rate)
@@ -193,7 +169,7 @@ class EvalLoop:
 
     def replica_step(index, state):
       ctx = tf.distribute.get_replica_context()
-      batch = task.eval_batch(split, index, ctx.replica_id_in_sync_group * rows, rows)
+      batch = task.inputs.eval_batch(split, index, ctx.replica_id_in_sync_group * rows, rows)
       return eval_step(task, batch, state)
 
     def accumulate(index, state, totals):
@@ -213,7 +189,7 @@ class EvalLoop:
     return tf.function(run)
 
   def num_batches(self, split: str) -> int:
-    count = int(self._task.num_eval_batches(split))
+    count = int(self._task.inputs.num_eval_batches(split))
     return count if self._max_batches is None else min(count, self._max_batches)
 
   def __call__(self, split: str) -> dict[str, float] | None:
@@ -224,3 +200,42 @@ class EvalLoop:
       self._loops[split] = self._make_loop(split)
     sums = self._loops[split](tf.constant(self.num_batches(split), tf.int32))
     return {k: float(v.numpy()) for k, v in sums.items()}
+
+
+class GradientPass:
+  """`gradients(step, state) -> [grad]`: the summed gradient of chunk `step` at the current weights.
+
+  For inspection (histograms): no update, no counter moves. The pass draws dropout masks, so the
+  model's non-trainable variables (seed-generator states) are put back afterwards: inspecting
+  never changes what training does next.
+
+  Args:
+    strategy: The strategy the task was built under.
+    task: The `tbptt.trainer.task.Task`.
+    rows: Rows per replica.
+  """
+
+  def __init__(self, strategy, task, *, rows: int):
+    self._strategy = strategy
+    self._task = task
+    self._rows = rows
+    self._fn = tf.function(self._run)
+
+  def _run(self, step, state):
+    task, rows = self._task, self._rows
+
+    def replica(step, state):
+      ctx = tf.distribute.get_replica_context()
+      batch = task.inputs.train_batch(step, ctx.replica_id_in_sync_group * rows, rows)
+      weight = ctx.all_reduce(SUM, tf.reduce_sum(tf.cast(batch["weights"], tf.float32)))
+      _, _, grads = forward_backward(task, batch, reset_rows(state, batch["reset"]), weight)
+      return ctx.all_reduce(SUM, [tf.convert_to_tensor(g) for g in grads])
+    return distribute.first_replica(self._strategy,
+                                    self._strategy.run(replica, args=(step, state)))
+
+  def __call__(self, step: tf.Tensor, state) -> list[tf.Tensor]:
+    kept = [(v, tf.identity(v)) for v in self._task.model.non_trainable_variables]
+    grads = self._fn(step, state)
+    for variable, value in kept:
+      variable.assign(value)
+    return grads

@@ -17,7 +17,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from tbptt.trainer.errors import ConfigError
+from tbptt.trainer.errors import ConfigError, invalid
 
 SGD = gin.external_configurable(keras.optimizers.SGD, module="optimizers")
 Adam = gin.external_configurable(keras.optimizers.Adam, module="optimizers")
@@ -37,7 +37,7 @@ class Constant(keras.optimizers.schedules.LearningRateSchedule):
   def __init__(self, learning_rate: float, steps_per_epoch: int | None = None,
                total_steps: int | None = None):
     del steps_per_epoch, total_steps  # Part of the factory protocol; unused.
-    self.learning_rate = _positive("learning_rate", learning_rate, "Trainer.learning_rate")
+    self.learning_rate = _positive(learning_rate, "Trainer.learning_rate")
 
   def __call__(self, step):
     del step
@@ -77,7 +77,7 @@ class EpochDecay(keras.optimizers.schedules.LearningRateSchedule):
                total_steps: int | None = None, *, decay: float = 0.5, decay_start_epoch: int = 4,
                staircase: bool = True, min_learning_rate: float = 0.0):
     del total_steps
-    self.learning_rate = _positive("learning_rate", learning_rate, "Trainer.learning_rate")
+    self.learning_rate = _positive(learning_rate, "Trainer.learning_rate")
     if steps_per_epoch is None or int(steps_per_epoch) <= 0:
       raise ConfigError(f"schedules.EpochDecay needs a positive steps_per_epoch, got "
                         f"{steps_per_epoch!r}; the task must report steps_per_epoch")
@@ -128,7 +128,7 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
                total_steps: int | None = None, *, warmup_steps: int = 0,
                final_learning_rate: float = 0.0):
     del steps_per_epoch
-    self.learning_rate = _positive("learning_rate", learning_rate, "Trainer.learning_rate")
+    self.learning_rate = _positive(learning_rate, "Trainer.learning_rate")
     if total_steps is None or int(total_steps) <= 0:
       raise ConfigError(f"schedules.WarmupCosine needs a positive total_steps, got {total_steps!r}")
     if not 0 <= int(warmup_steps) < int(total_steps):
@@ -169,11 +169,10 @@ class Scaled(keras.optimizers.schedules.LearningRateSchedule):
     raise NotImplementedError("Scaled holds a variable; rebuild it with build_optimizer")
 
 
-def _positive(name, value, gin_name):
+def _positive(value, parameter):
   number = isinstance(value, (int, float)) and not isinstance(value, bool)
   if not number or not value > 0 or not math.isfinite(value):
-    raise ConfigError(f"{gin_name} must be a positive number, got {value!r}; "
-                      f"set --gin_bindings='{gin_name}=0.001'")
+    raise invalid(parameter, "a positive number", value)
   return float(value)
 
 
@@ -197,30 +196,27 @@ def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_pe
   Raises:
     ConfigError: Bad learning rate, schedule or factory, or clipping configured on the optimizer.
   """
-  learning_rate = _positive("learning_rate", learning_rate, "Trainer.learning_rate")
+  learning_rate = _positive(learning_rate, "Trainer.learning_rate")
   rate = learning_rate
   if lr_schedule is not None:
     if not callable(lr_schedule):
-      raise ConfigError("Trainer.lr_schedule must be a schedule factory such as "
-                        f"@schedules.EpochDecay, got {lr_schedule!r}")
+      raise invalid("Trainer.lr_schedule", "a schedule factory such as @schedules.EpochDecay",
+                    lr_schedule)
     rate = lr_schedule(learning_rate, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-      raise ConfigError(
-          f"Trainer.lr_schedule must build a keras LearningRateSchedule, got {rate!r}")
+      raise invalid("Trainer.lr_schedule", "a factory of a keras LearningRateSchedule", rate)
   if factor is not None:
     rate = Scaled(rate, factor)
   if not callable(factory):
-    raise ConfigError(f"Trainer.optimizer must be an optimizer factory such as @optimizers.Adam, "
-                      f"got {factory!r}")
+    raise invalid("Trainer.optimizer", "an optimizer factory such as @optimizers.Adam", factory)
   optimizer = factory(learning_rate=rate)
   if not isinstance(optimizer, keras.optimizers.Optimizer):
-    raise ConfigError(
-        f"Trainer.optimizer must build a keras.optimizers.Optimizer, got {optimizer!r}")
+    raise invalid("Trainer.optimizer", "a factory of a keras.optimizers.Optimizer", optimizer)
   for knob in ("clipnorm", "global_clipnorm", "clipvalue"):
     if getattr(optimizer, knob, None) is not None:
       raise ConfigError(f"The optimizer has {knob}={getattr(optimizer, knob)}; clip with "
                         "Trainer.clip_norm instead (it clips the global gradient once, after the "
-                        "cross-replica sum)")
+                        "cross-replica sum)", parameter="Trainer.clip_norm")
   if loss_scaling:
     optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
   return optimizer

@@ -1,57 +1,65 @@
-"""Process-wide settings needed before the model is built: seeds, determinism, mixed precision.
+"""Process set-up that must precede building the model: seeds, op determinism, mixed precision.
 
-They are `Trainer` parameters (`Trainer.seed`, `Trainer.deterministic`, `Trainer.mixed_precision`),
-but a model's initial weights, dropout seeds and dtype policy are fixed when the task builds it,
-before the Trainer exists. So `make_strategy()`, the first call of an experiment, applies them from
-the gin bindings, and the Trainer checks that what it finds matches.
+A model's initial weights, dropout seeds and dtype policy are fixed when the task builds it, before
+the Trainer exists. So the experiment applies a `Runtime` (taken from the trainer's config: the gin
+names are `Trainer.seed`, `Trainer.deterministic`, `Trainer.mixed_precision`) right after creating
+the strategy, builds the task, and hands the same config to the Trainer, which checks the model
+against it. Nothing here reads gin.
 """
 
-import gin
+import dataclasses
+
 import keras
 import tensorflow as tf
 
-from tbptt.trainer.errors import ConfigError
+from tbptt.trainer.errors import invalid
 
-DEFAULT_SEED = 0
-DEFAULT_DETERMINISTIC = False
-DEFAULT_MIXED_PRECISION = None
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 _applied = {"seed": None}
 
 
-def _binding(name: str, default):
-  """The value bound to `Trainer.<name>` in the gin config, or `default` when unbound."""
-  try:
-    value = gin.query_parameter(f"Trainer.{name}")
-  except ValueError:
-    return default
-  if isinstance(value, gin.config.ConfigurableReference) and value.evaluate:
-    value = value.scoped_configurable_fn()  # A macro (%NAME): its value.
-  return value
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+  """Seed, determinism and dtype policy of one process.
 
+  Attributes:
+    seed: Seed for Python, NumPy, TensorFlow and Keras, in [0, 2**32) (NumPy's seeds are 32 bits).
+    deterministic: Make every op deterministic (process-wide; cannot be undone), so a resumed run
+      repeats an uninterrupted one bitwise.
+    mixed_precision: None (float32), 'mixed_float16' or 'mixed_bfloat16'.
 
-def configure_from_gin() -> None:
-  """Applies the gin bindings of `Trainer.seed`, `.deterministic` and `.mixed_precision`."""
-  seed_everything(_binding("seed", DEFAULT_SEED), _binding("deterministic", DEFAULT_DETERMINISTIC))
-  unbound = object()
-  policy = _binding("mixed_precision", unbound)
-  if policy is not unbound:  # Unbound: leave whatever policy the program set.
-    set_mixed_precision(policy)
+  Raises:
+    ConfigError: A value out of range (named as its gin parameter, `Trainer.<name>`).
+  """
 
+  seed: int = 0
+  deterministic: bool = False
+  mixed_precision: str | None = None
 
-def check_seed(seed) -> int:
-  # NumPy's seed is 32 bits: a larger one would fail later with a message that names no binding.
-  if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-    raise ConfigError(f"Trainer.seed must be an integer in [0, 2**32), got {seed!r}; "
-                      "set --gin_bindings='Trainer.seed=0'")
-  return seed
+  def __post_init__(self):
+    if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+      raise invalid("Trainer.seed", "an integer in [0, 2**32)", self.seed)
+    if not isinstance(self.deterministic, bool):
+      raise invalid("Trainer.deterministic", "True or False", self.deterministic)
+    if self.mixed_precision not in MIXED_PRECISION_POLICIES:
+      raise invalid("Trainer.mixed_precision", "None, 'mixed_float16' or 'mixed_bfloat16'",
+                    self.mixed_precision)
 
+  def apply(self) -> None:
+    """Seeds everything, enables determinism if asked, sets the Keras dtype policy."""
+    seed_everything(self.seed, self.deterministic)
+    set_mixed_precision(self.mixed_precision)
 
-def check_deterministic(deterministic) -> bool:
-  if not isinstance(deterministic, bool):
-    raise ConfigError(f"Trainer.deterministic must be True or False, got {deterministic!r}")
-  return deterministic
+  def apply_seed_once(self) -> None:
+    """Seeds (and enables determinism) unless this seed was applied already.
+
+    Seeding again after the model was built would restart the random streams its layers draw from.
+    """
+    if seeded_with() != self.seed:
+      seed_everything(self.seed, self.deterministic)
+    elif self.deterministic:
+      enable_determinism()
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -59,8 +67,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
   Op determinism is process-wide and cannot be turned off again.
   """
-  check_seed(seed)
-  check_deterministic(deterministic)
+  Runtime(seed=seed, deterministic=deterministic)  # Validates.
   keras.utils.set_random_seed(seed)
   _applied["seed"] = seed
   if deterministic:
@@ -77,14 +84,7 @@ def seeded_with() -> int | None:
   return _applied["seed"]
 
 
-def check_mixed_precision(policy) -> None:
-  if policy not in MIXED_PRECISION_POLICIES:
-    raise ConfigError("Trainer.mixed_precision must be None, 'mixed_float16' or 'mixed_bfloat16', "
-                      f"got {policy!r}; set "
-                      "--gin_bindings=\"Trainer.mixed_precision='mixed_bfloat16'\"")
-
-
 def set_mixed_precision(policy: str | None) -> None:
   """Sets the Keras dtype policy: float16/bfloat16 compute, float32 variables (None: float32)."""
-  check_mixed_precision(policy)
+  Runtime(mixed_precision=policy)  # Validates.
   keras.config.set_dtype_policy(policy or "float32")

@@ -1,13 +1,11 @@
-"""TensorBoard writers for model_dir/train, model_dir/eval, the operative config; reading events.
+"""TensorBoard writers for model_dir/train, model_dir/eval, ...; the operative config.
 
 Nested metric dicts become tag folders: {"state": {"0/h": x}} is written as `state/0/h`.
 """
 
-import glob
 import os
 
 import gin
-import numpy as np
 import tensorflow as tf
 
 OPERATIVE_CONFIG = "operative_config.gin"
@@ -85,29 +83,3 @@ def write_operative_config(model_dir: str, summaries: Summaries, step: int) -> s
   summaries.text("train", step, "operative_config",
                  "\n".join("    " + line for line in config.splitlines()) or "    (empty)")
   return config
-
-
-def read_scalars(directory: str, tag: str) -> dict[int, float]:
-  """Reads one scalar tag back from the event files in `directory`: {step: value}.
-
-  When a step was written more than once (a resumed run repeats the steps after its checkpoint), the
-  value written last (by wall time) wins.
-  """
-  latest = {}
-  for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      for value in event.summary.value:
-        newer = event.step not in latest or event.wall_time >= latest[event.step][0]
-        if value.tag == tag and newer:
-          scalar = float(np.asarray(tf.make_ndarray(value.tensor)).reshape(()))
-          latest[event.step] = (event.wall_time, scalar)
-  return {step: value for step, (_, value) in sorted(latest.items())}
-
-
-def read_tags(directory: str) -> set[str]:
-  """Every tag in the event files of `directory`."""
-  tags = set()
-  for path in glob.glob(os.path.join(directory, "events.out.tfevents.*")):
-    for event in tf.compat.v1.train.summary_iterator(path):
-      tags.update(value.tag for value in event.summary.value)
-  return tags

@@ -12,7 +12,7 @@ import tensorflow as tf
 from tbptt.experiments import experiment, gin_files
 from tbptt.experiments.language_model import LanguageModelTask
 from tbptt.trainer.errors import ConfigError
-from tbptt.trainer.summaries import read_scalars, read_tags
+from events import read_scalars, read_tags
 
 TEXT = "def add(a, b):\n  return a + b\n\nclass Point:\n  x = 0\n  y = 1\n" * 40
 
@@ -147,3 +147,17 @@ def test_mirrored_strategy_trains(corpus_files, tmp_path):
   result = run(tmp_path, "train", bindings)
   assert result["step"] == 3 and np.isfinite(result["train"]["loss"])
   assert np.isfinite(result["valid"]["bits_per_char"])
+
+
+def test_build_applies_the_configs_runtime_before_the_model_is_built(corpus_files, tmp_path):
+  from tbptt.trainer import runtime
+  gin.clear_config()
+  gin_files.parse(["charlm.gin"], tiny_bindings(
+      corpus_files, **{"Trainer.seed": 7, "Trainer.mixed_precision": "'mixed_bfloat16'"}))
+  try:
+    _, task, trainer = experiment.build(str(tmp_path), LanguageModelTask)
+    assert runtime.seeded_with() == 7
+    assert task.model.compute_dtype == "bfloat16"
+    assert trainer.config.runtime == runtime.Runtime(seed=7, mixed_precision="mixed_bfloat16")
+  finally:
+    runtime.set_mixed_precision(None)

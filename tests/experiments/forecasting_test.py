@@ -13,7 +13,7 @@ from tbptt.experiments import forecasting
 from tbptt.experiments.data import series as series_lib
 from tbptt.layers import LSTMState
 from tbptt.trainer.errors import ConfigError
-from tbptt.trainer.summaries import read_tags
+from events import read_tags
 
 C, H, F, UNITS = 16, 8, 1, 8
 
@@ -328,7 +328,7 @@ def test_trainer_eval_across_two_replicas_matches_eager_metrics(tmp_path):
     task = make_task(str(tmp_path), eval_batch_size=4)
     trainer = Trainer(task=task, model_dir=str(tmp_path), strategy=strategy, train_steps=1)
   assert task.num_windows["valid"] % 4 != 0  # The last batch is padded (weight 0) on some replica.
-  got = trainer.evaluate_split("valid")
+  got = trainer.runner.evaluate("valid")
   want = _eval_by_hand(task, "valid")
   assert set(got) == set(want) >= {"loss", "mae", "rmse", "mase", "naive_mae"}
   for key in want:
@@ -345,7 +345,7 @@ def test_training_beats_the_seasonal_naive_forecast(tmp_path):
                     train_steps=300, steps_per_loop=100, eval_interval=None, learning_rate=0.005,
                     clip_norm=1.0, histogram_interval=None, checkpoint_interval=300)
   task.write_assets()
-  before = trainer.evaluate_split("valid")
+  before = trainer.runner.evaluate("valid")
   result = trainer.train()
   after = result["valid"]
   assert result["step"] == 300

@@ -8,7 +8,7 @@ from tbptt.experiments.data.corpus import TextCorpus
 from tbptt.experiments.language_model import LanguageModel, LanguageModelTask
 from tbptt.experiments.sampling import Sampler, generate, sample_text
 from tbptt.trainer.errors import ConfigError
-from tbptt.trainer.summaries import read_tags
+from events import read_tags
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """Strategies from gin names, their errors, and moving per-replica rows in and out."""
 
 import gin
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tbptt.trainer import distribute, runtime
+from tbptt.trainer import distribute
 from tbptt.trainer.distribute import make_strategy
 from tbptt.trainer.errors import ConfigError
 
@@ -66,20 +65,6 @@ def test_rows_round_trip_through_replicas():
     np.testing.assert_array_equal(back[key], value[key])
 
 
-def test_make_strategy_applies_the_trainer_seed_and_precision_bindings():
-  import tbptt.trainer  # noqa: F401  (registers Trainer with gin)
-  gin.parse_config("Trainer.seed = 7\nTrainer.mixed_precision = 'mixed_bfloat16'")
-  try:
-    make_strategy()
-    assert runtime.seeded_with() == 7
-    assert keras.config.dtype_policy().name == "mixed_bfloat16"
-    drawn = keras.random.uniform([3], seed=None).numpy()
-    keras.utils.set_random_seed(7)
-    np.testing.assert_array_equal(drawn, keras.random.uniform([3], seed=None).numpy())
-  finally:
-    keras.config.set_dtype_policy("float32")
-
-
 CLUSTER = {"worker": ["10.0.0.1:2222", "10.0.0.2:2222", "10.0.0.3:22220"]}
 HEARTBEAT = ("Collective ops is aborted by: Error reported from /job:worker/task:1: The following "
              "tasks are unhealthy (stopped sending heartbeats):\n/job:worker/replica:0/task:1\n"
@@ -135,3 +120,19 @@ def test_local_strategies_are_single_worker_chiefs():
   strategy = make_strategy("mirrored", cpu_devices=2)
   assert distribute.is_chief(strategy) and not distribute.is_multi_worker(strategy)
   assert distribute.task_name(strategy) == "single"
+
+
+@pytest.mark.parametrize("cluster, task, chief", [
+    ({"worker": ["a", "b"]}, ("worker", 0), True),
+    ({"worker": ["a", "b"]}, ("worker", 1), False),
+    ({"chief": ["c"], "worker": ["a"]}, ("worker", 0), False),
+    ({"chief": ["c"], "worker": ["a"]}, ("chief", 0), True),
+])
+def test_the_chief_is_the_chief_job_or_worker_0(cluster, task, chief):
+  assert distribute.cluster.chief_of(cluster, *task) == chief
+
+
+def test_the_coordination_leader_is_the_first_ps_chief_or_worker():
+  assert distribute.cluster.coordination_leader({"worker": ["a"]}) == "/job:worker/replica:0/task:0"
+  assert distribute.cluster.coordination_leader(
+      {"chief": ["c"], "worker": ["a"]}) == "/job:chief/replica:0/task:0"

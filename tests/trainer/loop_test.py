@@ -8,7 +8,8 @@ import tensorflow as tf
 from toy_task import DelayTask
 from tbptt.trainer import runtime
 from tbptt.trainer import distribute
-from tbptt.trainer.loop import EvalLoop, NonFiniteInjection, TrainLoop, state_paths
+from nonfinite_injection import InjectNonFinite
+from tbptt.trainer.loop import EvalLoop, GradientPass, TrainLoop, state_paths
 from tbptt.trainer.train_step import NonFiniteCounters
 
 ROWS = 4
@@ -120,12 +121,35 @@ def test_a_stop_request_of_one_replica_stops_every_replica():
 
 
 def test_injected_steps_are_poisoned_the_first_time_only():
-  first_untaken = tf.Variable(0, dtype=tf.int64)
-  injection = NonFiniteInjection(tf.constant([1, 2], tf.int64), first_untaken)
-  task, loop, step, counters = make_loop({"injection": injection})
+  runtime.seed_everything(5)
+  task = InjectNonFinite(DelayTask(batch_size=ROWS, units=8), steps=[1, 2])
+  task.model(task.train_batch(tf.constant(0, tf.int64), 0, ROWS)["inputs"],
+             task.initial_state(ROWS))
+  optimizer = keras.optimizers.Adam(0.01)
+  optimizer.build(task.model.trainable_variables)
+  step = tf.Variable(0, dtype=tf.int64)
+  counters = NonFiniteCounters(tf.Variable(0, dtype=tf.int64), tf.Variable(0, dtype=tf.int64))
+  loop = TrainLoop(tf.distribute.get_strategy(), task, optimizer, global_step=step,
+                   counters=counters, rows=ROWS, clip_norm=1.0, max_nonfinite_steps=3)
   state, outputs = loop(4, task.initial_state(ROWS))
   np.testing.assert_array_equal(np.isfinite(outputs.loss), [True, False, False, True])
-  assert int(first_untaken.numpy()) == 4
   step.assign(0)  # Replayed (as after a rollback): nothing is poisoned.
   _, outputs = loop(4, state)
   assert np.all(np.isfinite(outputs.loss)) and int(counters.total.numpy()) == 2
+
+
+def test_gradient_pass_changes_no_variable_and_leaves_the_random_streams_alone():
+  task, loop, step, _ = make_loop(dropout=0.3)
+  gradients = GradientPass(tf.distribute.get_strategy(), task, rows=ROWS)
+  state = task.initial_state(ROWS)
+  before = [np.array(v) for v in task.model.weights]
+  grads = gradients(step.read_value(), state)
+  assert len(grads) == len(task.model.trainable_variables)
+  assert all(np.any(np.array(g) != 0) for g in grads[:1])
+  for got, want in zip(task.model.weights, before):
+    np.testing.assert_array_equal(np.array(got), want)
+  # The next training step draws the same dropout masks as without the pass.
+  _, with_pass = loop(1, state)
+  other_task, other_loop, _, _ = make_loop(dropout=0.3)
+  _, without = other_loop(1, other_task.initial_state(ROWS))
+  np.testing.assert_array_equal(with_pass.loss, without.loss)

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tbptt.trainer.summaries import read_scalars
+from events import read_scalars
 
 pytestmark = pytest.mark.slow
 

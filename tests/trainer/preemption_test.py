@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from tbptt.trainer.checkpointing import is_complete
-from tbptt.trainer.summaries import read_scalars
+from events import read_scalars
 
 pytestmark = pytest.mark.slow
 

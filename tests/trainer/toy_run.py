@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from toy_task import DelayTask  # noqa: E402
-from tbptt.trainer import Trainer  # noqa: E402
+from tbptt.trainer import Trainer, TrainerConfig  # noqa: E402
 from tbptt.trainer.distribute import make_strategy  # noqa: E402
 
 CONFIG = """
@@ -85,7 +85,7 @@ def parse(argv):
 
 def report_progress(trainer):
   """Prints `step <n>` after each loop and `saved <path>` after each save (for the parent)."""
-  loop, save = trainer.train_loop, trainer.checkpointer.save
+  loop, save = trainer.runner.train, trainer.checkpoints.save
 
   def train_loop(num_steps):
     outputs = loop(num_steps)
@@ -97,7 +97,7 @@ def report_progress(trainer):
     print(f"saved {path}", flush=True)
     return path
 
-  trainer.train_loop, trainer.checkpointer.save = train_loop, save_and_report
+  trainer.runner.train, trainer.checkpoints.save = train_loop, save_and_report
 
 
 def main(argv):
@@ -108,18 +108,20 @@ def main(argv):
   if os.environ.get("TF_CONFIG"):
     bindings.append("distribution.strategy = 'multi_worker'")
   gin.parse_config(CONFIG + "\n".join(bindings + args.binding) + "\n")
+  config = TrainerConfig()
   strategy = make_strategy()
+  config.runtime.apply()
   with strategy.scope():
     kwargs = dict(units=args.units, dropout=args.dropout, batch_size=args.batch_size)
     task = (DelayTask(**kwargs) if args.slow_after is None
             else SlowDelayTask(args.slow_after, args.slow_seconds, args.progress_file, **kwargs))
-    trainer = Trainer(task=task, model_dir=args.model_dir, strategy=strategy)
+    trainer = Trainer(task=task, model_dir=args.model_dir, strategy=strategy, config=config)
   report_progress(trainer)
   trainer.train()
   if args.dump_state:
     rows = task.global_batch_size // strategy.num_replicas_in_sync
     replica = strategy.cluster_resolver.task_id if os.environ.get("TF_CONFIG") else 0
-    local = [np.asarray(strategy.experimental_local_results(t)[0]) for t in trainer._state]
+    local = [np.asarray(strategy.experimental_local_results(t)[0]) for t in trainer.runner.state]
     np.savez(args.dump_state, h=local[0], c=local[1], row_start=replica * rows)
 
 
