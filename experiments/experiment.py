@@ -109,7 +109,7 @@ def _out_of_memory_as_config_errors():
 
 
 def _restore(trainer, model_dir: str, mode: str) -> int:
-  step = trainer.restore()
+  step = trainer.restore(read_only=True)  # These modes change nothing in checkpoints/.
   if step is None:
     raise ConfigError(f"--mode={mode} needs a trained model, but {model_dir}/checkpoints has no "
                       "checkpoint; train first with --mode=train and the same --model_dir")

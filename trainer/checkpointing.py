@@ -31,6 +31,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from tbptt.trainer import checkpoint_recovery
 from tbptt.trainer.errors import ConfigError
 
 CHECKPOINT_NAME = "ckpt"
@@ -40,6 +41,29 @@ _SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
 def _first_line(error: BaseException) -> str:
   text = str(error).strip() or type(error).__name__
   return " ".join(text.split())[:400]
+
+
+_SHAPES = re.compile(r"incompatible tensor with shape (\(.*?\)) when attempting to restore "
+                     r"variable with shape (\(.*?\)) and name ([^ ]+?)\.?$", re.M)
+_UNRESOLVED = re.compile(r"Unresolved object in checkpoint \(root\)\.(\S+?):")
+_UNMATCHED = re.compile(r"checkpoint_key: \"([^\"]+)\"")
+
+
+def _mismatch(error: BaseException) -> str:
+  """What differs between a checkpoint and the model, in one line: the variable and both shapes,
+  or the value that found no object; TensorFlow's own text (first line) otherwise."""
+  text = str(error)
+  match = _SHAPES.search(text)
+  if match:
+    return (f"variable {match[3].removesuffix(':0')} has shape {match[1]} in the checkpoint and "
+            f"{match[2]} in the model")
+  match = _UNRESOLVED.search(text)
+  if match:
+    key = _UNMATCHED.search(text)
+    return (f"the checkpoint holds {match[1]}"
+            + (f" ({key[1].split('/.ATTRIBUTES')[0]})" if key else "")
+            + ", which the model does not have")
+  return _first_line(re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text))
 
 
 def is_complete(prefix: str) -> bool:
@@ -77,8 +101,18 @@ class Checkpointer:
     self._keep = {directory: max_to_keep, os.path.join(directory, "best"): 1}
     self.objects = dict(objects)  # What is saved, by checkpoint key.
     self._checkpoint = tf.train.Checkpoint(**objects)
-    self._managers = {d: self._new_manager(d) for d in self._keep}
+    # Made on first save, after `choose` has repaired a damaged state file (a manager reads it).
+    self._managers = {}
     self._swept = False
+
+  def _manager(self, directory):
+    if directory not in self._managers:
+      try:
+        self._managers[directory] = self._new_manager(directory)
+      except ValueError:  # An empty state file; only best/'s can be left by then: it is rebuilt.
+        tf.io.gfile.remove(os.path.join(directory, checkpoint_recovery.STATE_FILE))
+        self._managers[directory] = self._new_manager(directory)
+    return self._managers[directory]
 
   def _new_manager(self, directory):
     # max_to_keep=None: the manager deletes nothing; `_drop` does, after the state file forgot them
@@ -102,25 +136,51 @@ class Checkpointer:
 
   @property
   def best(self) -> str | None:
-    """Path prefix of the best-by-eval-loss checkpoint (None if there is none)."""
+    """Path prefix of the best-by-eval-loss checkpoint (None if there is none, or if it is damaged:
+    a warning names it)."""
     path = tf.train.latest_checkpoint(os.path.join(self.directory, "best"))
-    return path if path is not None and is_complete(path) else None
+    if path is None or not is_complete(path):
+      return None
+    cause = checkpoint_recovery.damage(path)
+    if cause is not None:
+      _log.warning("checkpoint %s is damaged (%s); skipping it", path, cause)
+      return None
+    return path
 
   def read(self, path: str, key: str):
     """The value saved under `key` (e.g. 'step') in checkpoint `path`, as NumPy."""
     return tf.train.load_variable(path, f"{key}/.ATTRIBUTES/VARIABLE_VALUE")
 
-  def restore(self, path: str | None = None) -> str | None:
-    """Restores `path` (default: the newest checkpoint) into the objects; returns the path or None.
+  def choose(self, read_only: bool = False) -> str | None:
+    """The checkpoint to restore by the rules of `checkpoint_recovery` (a damaged state file is
+    rebuilt, a damaged newest checkpoint is skipped), with one warning line per repair.
+
+    Args:
+      read_only: Change nothing in `directory` (eval, sample, export; every worker but the chief).
+        Otherwise damaged checkpoints are moved to `corrupt/` and the state file is rewritten.
+
+    Raises:
+      ConfigError: checkpoint files exist and none restores cleanly (nothing is changed).
+    """
+    choice = checkpoint_recovery.choose(self.directory)
+    for line in choice.warnings:
+      _log.warning(line)
+    if not read_only and self.write_directory is None and (choice.rewrite_state or choice.corrupt):
+      checkpoint_recovery.apply(self.directory, choice)
+      self._managers.pop(self.directory, None)  # It caches what it manages.
+    return choice.path
+
+  def restore(self, path: str | None = None, read_only: bool = False) -> str | None:
+    """Restores `path` (default: `choose(read_only)`) into the objects; returns the path or None.
 
     Every saved value must find its object and every object its value, with the same shape: anything
     else means the checkpoint was written by a different model or config.
 
     Raises:
-      ConfigError: The checkpoint does not fit (names the checkpoint and the first mismatch) or
-        cannot be read. Its files are left as they are.
+      ConfigError: The checkpoint does not fit (names the checkpoint and what differs), or no
+        checkpoint restores cleanly. Its files are left as they are.
     """
-    path = path or self.latest
+    path = path or self.choose(read_only)
     if path is None:
       return None
     try:
@@ -128,7 +188,7 @@ class Checkpointer:
         status = self._checkpoint.restore(path)
         status.assert_consumed()
     except (AssertionError, ValueError, TypeError, tf.errors.OpError) as e:
-      raise ConfigError(f"checkpoint {path} does not fit the model: {_first_line(e)}; use a new "
+      raise ConfigError(f"checkpoint {path} does not fit the model: {_mismatch(e)}; use a new "
                         "--model_dir or the config this checkpoint was trained with") from None
     self._after_restore()
     _log.debug("Restored %s.", path)
@@ -159,7 +219,7 @@ class Checkpointer:
     if prefix in _listed(directory) or tf.io.gfile.exists(prefix + ".index"):
       self._drop(directory, [prefix])
     with _quiet_tensorflow():
-      path = self._managers[directory].save(checkpoint_number=step)
+      path = self._manager(directory).save(checkpoint_number=step)
     _log.debug("Saved %s.", path)
     listed = _listed(directory)
     excess = listed[:-self._keep[directory]]
@@ -218,7 +278,7 @@ class Checkpointer:
     for prefix in prefixes:
       for path in tf.io.gfile.glob(glob.escape(prefix) + ".*"):
         tf.io.gfile.remove(path)
-    self._managers[directory] = self._new_manager(directory)  # It caches what it manages.
+    self._managers.pop(directory, None)  # It caches what it manages.
 
 
 _log = logging.getLogger("tbptt.trainer")
@@ -245,11 +305,6 @@ def _absolute(directory: str, path: str) -> str:
 
 
 def _listed(directory: str) -> list[str]:
-  """Path prefixes of the complete checkpoints `directory`'s state file lists, oldest first."""
-  state = tf.train.get_checkpoint_state(directory)
-  if state is None:
-    return []
-  paths = list(state.all_model_checkpoint_paths)
-  if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
-    paths.append(state.model_checkpoint_path)
-  return [p for p in (_absolute(directory, p) for p in paths) if is_complete(p)]
+  """Path prefixes of the complete checkpoints `directory`'s state file lists, oldest first (none
+  if it is missing or unreadable: `choose` rebuilds it before anything is saved)."""
+  return [p for p in checkpoint_recovery.committed(directory) or [] if is_complete(p)]

@@ -115,14 +115,17 @@ class Trainer:
     """The global step (steps taken, skipped ones included)."""
     return self.runner.step
 
-  def restore(self) -> int | None:
-    """Restores the newest checkpoint (model, optimizer, step, state...); returns its step or None.
+  def restore(self, read_only: bool = False) -> int | None:
+    """Restores the newest checkpoint that restores cleanly (model, optimizer, step, state...);
+    returns its step or None. A damaged state file is rebuilt and a damaged newest checkpoint is
+    moved to checkpoints/corrupt/, each with a warning, unless `read_only`.
 
     Raises:
-      ConfigError: The checkpoint does not fit the model (its files are left untouched).
+      ConfigError: The checkpoint does not fit the model, or none restores cleanly (the files are
+        left untouched).
     """
     with self._strategy.scope():
-      path = self.checkpoints.restore()
+      path = self.checkpoints.restore(read_only=read_only)
     self._restored = True
     if path is None:
       return None
@@ -168,5 +171,5 @@ class Trainer:
       {split: metrics} for every split that has data.
     """
     with distribute.lost_workers_as_training_errors(self._strategy, lambda: self.step):
-      self.restore()
+      self.restore(read_only=True)  # Evaluating changes nothing in checkpoints/.
       return self._controller.evaluate(splits, self.step)

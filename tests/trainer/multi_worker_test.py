@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -145,6 +146,31 @@ def test_each_worker_carries_the_state_of_its_own_rows(cluster):
   latest = tf.train.latest_checkpoint(str(cluster.model_dir / "checkpoints"))
   saved = tf.train.load_variable(latest, "train_state/0/.ATTRIBUTES/VARIABLE_VALUE")
   np.testing.assert_allclose(saved, reference["h"], atol=1e-5)
+
+
+def test_every_worker_skips_a_corrupt_newest_checkpoint_alike(cluster, tmp_path):
+  """The resumed cluster's newest checkpoint (step 30) gets flipped bytes: both workers restore
+  step 20, the chief moves step 30 to corrupt/, and steps 21-30 repeat the first run's losses."""
+  model_dir = tmp_path / "run"
+  shutil.copytree(cluster.model_dir, model_dir)
+  data = model_dir / "checkpoints" / f"ckpt-{STEPS}.data-00000-of-00001"
+  damaged = bytearray(data.read_bytes())
+  for i in range(64):
+    damaged[(len(damaged) // 2 + i) % len(damaged)] ^= 0xFF
+  data.write_bytes(bytes(damaged))
+  ports = free_ports(2)
+  workers = [toy(model_dir, STEPS, index=i, ports=ports) for i in range(2)]
+  runs = [finish(w) for w in workers]
+  assert [r.code for r in runs] == [0, 0], [r.err[-3000:] for r in runs]
+  for run in runs:
+    assert f"ckpt-{STEPS} is damaged (checksum mismatch); using ckpt-20" in run.err, run.err[-2000:]
+    assert next(line for line in run.out.splitlines() if line.startswith("step ")) == "step 25"
+  assert sorted(os.listdir(model_dir / "checkpoints" / "corrupt")) == [
+      f"ckpt-{STEPS}.data-00000-of-00001", f"ckpt-{STEPS}.index"]
+  first = read_scalars(str(cluster.model_dir / "train"), "loss")
+  again = read_scalars(str(model_dir / "train"), "loss")
+  for step in range(21, STEPS + 1):
+    assert again[step] == pytest.approx(first[step], rel=1e-6), step
 
 
 def launcher_argv(model_dir, corpus, *bindings):
