@@ -16,10 +16,10 @@ from tbptt.layers.kernels import build
 
 SOURCES = (os.path.join(os.path.dirname(__file__), "lstm_ops.cc"),)
 
-# How the kernel's per-step matrix products run (see `Gemm` in lstm_ops.cc): 0 on the op's own
-# thread, 1 on TensorFlow's intra-op thread pool. benchmarks/lstm_kernel_spike.py measures both.
-GEMM_SINGLE, GEMM_POOL = 0, 1
-gemm_mode = GEMM_SINGLE
+# Which library multiplies the per-step matrices (see `Gemm` in lstm_ops.cc): MKL when the library
+# was built with it (`build.mkl()`), else Eigen. benchmarks/lstm_kernel_spike.py measures both.
+GEMM_BEST, GEMM_EIGEN, GEMM_MKL = -1, 0, 1
+gemm_mode = GEMM_BEST
 
 _lock = threading.Lock()
 _state = {"library": None, "error": None, "tried": False}
@@ -45,6 +45,14 @@ def load():
 def available() -> bool:
   """True if the fused kernel is loaded (this call builds and loads it if not tried yet)."""
   return load() is not None
+
+
+def gemm_library() -> str | None:
+  """'MKL <version>' or 'Eigen': what the built kernel multiplies with (None if not built)."""
+  if load() is None:
+    return None
+  found = build.mkl()
+  return f"MKL {found['version']}" if found else "Eigen"
 
 
 def error() -> str | None:
@@ -78,7 +86,7 @@ def lstm(xz, h0, c0, recurrent_kernel, *, peepholes=None, projection=None, recur
     zoneout_c, zoneout_h: Optional keep factors [T, B, u] and [T, B, out].
     cell_clip, proj_clip: Optional positive clip values.
     epsilon: Layer norm epsilon.
-    gemm: GEMM_SINGLE or GEMM_POOL; default `gemm_mode`.
+    gemm: GEMM_EIGEN, GEMM_MKL or GEMM_BEST; default `gemm_mode`.
 
   Returns:
     (h [T, B, out], c [T, B, u]): the carried state after every step.

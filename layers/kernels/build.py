@@ -8,7 +8,9 @@ processes building at once wait on one lock file and the library appears by an a
 """
 
 import fcntl
+import glob
 import hashlib
+import importlib.metadata
 import os
 import shlex
 import subprocess
@@ -47,9 +49,30 @@ def cpu_features() -> tuple:
   return ()
 
 
+def mkl() -> dict | None:
+  """MKL from the `mkl-devel` package in this Python environment: {'include', 'library',
+  'version'}, or None when it is not installed (the kernel then multiplies with Eigen)."""
+  if os.environ.get("TBPTT_KERNEL_NO_MKL"):
+    return None
+  include = os.path.join(sys.prefix, "include")
+  libraries = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+  if not libraries or not os.path.exists(os.path.join(include, "mkl_cblas.h")):
+    return None
+  try:
+    version = importlib.metadata.version("mkl")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  return {"include": include, "library": libraries[-1], "version": version}
+
+
 def compile_flags() -> list:
-  """Optimisation, architecture and TensorFlow's own flags (ABI, C++ standard, Eigen alignment)."""
+  """Optimisation, architecture, MKL and TensorFlow's own flags (ABI, C++ standard, Eigen
+  alignment)."""
   flags = ["-shared", "-fPIC", "-O3", "-DNDEBUG", "-w"]
+  found = mkl()
+  if found:
+    flags += ["-DTBPTT_WITH_MKL", f"-I{found['include']}",
+              f"-DTBPTT_MKL_VERSION={found['version']}"]
   features = cpu_features()
   if features:
     flags.append("-march=native")
@@ -57,6 +80,16 @@ def compile_flags() -> list:
     if "avx512_fp16" in features:
       flags.append("-mno-avx512fp16")
   return flags + tf.sysconfig.get_compile_flags()
+
+
+def link_flags() -> list:
+  flags = list(tf.sysconfig.get_link_flags())
+  found = mkl()
+  if found:
+    # -Bsymbolic binds our own symbols inside the library; the rpath finds MKL at load time.
+    flags += [found["library"], f"-Wl,-rpath,{os.path.dirname(found['library'])}",
+              "-Wl,-Bsymbolic"]
+  return flags
 
 
 def _compiler() -> list:
@@ -77,6 +110,7 @@ def _compiler_version(cxx: list) -> str:
 def cache_key(sources: list, cxx: list, version: str) -> str:
   digest = hashlib.sha256()
   for part in (tf.__version__, shlex.join(cxx), version, shlex.join(compile_flags()),
+               shlex.join(link_flags()),
                ",".join(cpu_features()), sys.platform):
     digest.update(part.encode() + b"\0")
   for path in sources:
@@ -109,8 +143,7 @@ def build(name: str, sources: list, cache_dir: str | None = None) -> str:
       return target
     fd, tmp = tempfile.mkstemp(prefix=f"{name}-{key}.", suffix=".tmp", dir=cache_dir)
     os.close(fd)
-    command = (cxx + compile_flags() + list(sources) + ["-o", tmp]
-               + tf.sysconfig.get_link_flags())
+    command = cxx + compile_flags() + list(sources) + ["-o", tmp] + link_flags()
     try:
       result = subprocess.run(command, capture_output=True, text=True)
       if result.returncode != 0:

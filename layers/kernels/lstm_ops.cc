@@ -17,10 +17,9 @@
 //
 // A variant is on when its input is non-empty (peepholes [3, u], projection [u, p], layer-norm gains
 // [4u] and [u], mask [T, B], recurrent_mask [B, out], zoneout [T, B, u] and [T, B, out]).
-// Everything but the matrix products runs on one thread in a fixed order, so results are
-// deterministic for a fixed intra-op thread count.
-
-#define EIGEN_USE_THREADS
+// Everything but the matrix products runs on the op's thread in a fixed order, and the products
+// are reproducible at a fixed thread count, so results are deterministic for a fixed intra-op
+// thread count.
 
 #include <algorithm>
 #include <cmath>
@@ -30,6 +29,10 @@
 #include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
 #include "unsupported/Eigen/CXX11/Tensor"
+#ifdef TBPTT_WITH_MKL
+#include <mkl_cblas.h>
+#include <mkl_service.h>
+#endif
 
 namespace tbptt {
 
@@ -43,30 +46,51 @@ using tensorflow::TensorShape;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
 
-// How the per-step matrix products run: 0 = Eigen's matrix product on the calling thread,
-// 1 = Eigen's tensor contraction on the op's intra-op thread pool (what tf.matmul runs).
-enum GemmMode { kGemmSingle = 0, kGemmPool = 1 };
+// How the per-step matrix products run: Eigen's matrix product on the op's thread, or MKL's
+// sgemm / dgemm (3x faster at these shapes in benchmarks/lstm_kernel_spike.py) when the library
+// was built with it (TBPTT_WITH_MKL, set by build.py when the `mkl-devel` package is installed).
+enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };
+
+#ifdef TBPTT_WITH_MKL
+constexpr bool kHaveMkl = true;
+
+// MKL picks the same code path (and so the same rounding) in every run on a given CPU: with a
+// fixed thread count the kernel's results are bitwise reproducible.
+const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
+
+inline void MklGemm(const float* a, const float* b, float* out, int m, int k, int n,
+                    bool transpose_b, float beta) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
+              a, k, b, transpose_b ? k : n, beta, out, n);
+}
+inline void MklGemm(const double* a, const double* b, double* out, int m, int k, int n,
+                    bool transpose_b, double beta) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0,
+              a, k, b, transpose_b ? k : n, beta, out, n);
+}
+#else
+constexpr bool kHaveMkl = false;
+#endif
+
+// A product of fewer multiply-adds than this runs on one thread: with two cores a second thread
+// made a [64, 64] x [64, 256] product 4x slower and a [20, 200] x [200, 800] one 1.8x faster.
+constexpr int64_t kThreadedGemmMacs = 2000000;
 
 // out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); all row-major, contiguous.
 template <typename T>
 void Gemm(OpKernelContext* ctx, int mode, const T* a, const T* b, T* out, int m, int k, int n,
           bool transpose_b, bool accumulate) {
-  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  if (mode == kGemmPool) {
-    using ConstMap2 = Eigen::TensorMap<Eigen::Tensor<const T, 2, Eigen::RowMajor>>;
-    const auto& device = ctx->eigen_device<Eigen::ThreadPoolDevice>();
-    Eigen::TensorMap<Eigen::Tensor<T, 2, Eigen::RowMajor>> o(out, m, n);
-    ConstMap2 ta(a, m, k);
-    ConstMap2 tb(b, transpose_b ? n : k, transpose_b ? k : n);
-    Eigen::array<Eigen::IndexPair<int>, 1> dims = {
-        Eigen::IndexPair<int>(1, transpose_b ? 1 : 0)};
-    if (accumulate) {
-      o.device(device) += ta.contract(tb, dims);
-    } else {
-      o.device(device) = ta.contract(tb, dims);
-    }
+#ifdef TBPTT_WITH_MKL
+  if (mode == kGemmMkl) {
+    const int pool = ctx->device()->tensorflow_cpu_worker_threads()->num_threads;
+    const int threads = int64_t(m) * k * n >= kThreadedGemmMacs ? std::max(1, pool) : 1;
+    const int previous = mkl_set_num_threads_local(threads);
+    MklGemm(a, b, out, m, k, n, transpose_b, accumulate ? T(1) : T(0));
+    mkl_set_num_threads_local(previous);
     return;
   }
+#endif
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<const Matrix> ma(a, m, k);
   Eigen::Map<Matrix> mo(out, m, n);
   if (transpose_b) {
@@ -193,7 +217,7 @@ Status ReadDims(OpKernelContext* ctx, Dims* d) {
       .Input("zoneout_h: T")                                                                   \
       .Input("settings: T")                                                                    \
       .Attr("T: {float, double}")                                                              \
-      .Attr("gemm: int = 0")
+      .Attr("gemm: int = -1")
 
 REGISTER_OP("TbpttLstmForward")
     .TBPTT_LSTM_INPUTS
@@ -253,6 +277,9 @@ class LstmForwardOp : public OpKernel {
  public:
   explicit LstmForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
+    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
+    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
+                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
   }
 
   void Compute(OpKernelContext* ctx) override {
@@ -383,6 +410,9 @@ class LstmBackwardOp : public OpKernel {
  public:
   explicit LstmBackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
+    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
+    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
+                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
   }
 
   void Compute(OpKernelContext* ctx) override {
