@@ -150,6 +150,7 @@ def build(name: str, sources: list, cache_dir: str | None = None) -> str:
         errors = [line for line in result.stderr.splitlines() if "error" in line]
         detail = (errors or result.stderr.strip().splitlines() or ["no output"])[0]
         raise BuildError(f"{shlex.join(cxx)} exited {result.returncode}: {detail[:300]}")
+      os.chmod(tmp, 0o755)
       os.replace(tmp, target)
     except OSError as e:
       raise BuildError(f"compiler {shlex.join(cxx)!r} cannot run: {e}") from None
