@@ -84,8 +84,8 @@ class LSTM(StatefulCallLayer):
       `reset_state()` zeroes it. An explicit `initial_state` wins over the kept state.
     implementation: 'auto' (the fused kernel where it is built and applies, cuDNN for the plain
       variant on a GPU, else the loop), 'fused' (the kernel or an error) or 'loop'. The choice of
-      the last call is `resolved_implementation` ('fused', 'loop' or 'cudnn'), logged when it
-      changes. XLA compilation and SavedModel export always trace the loop.
+      the last call is `resolved_implementation` ('fused', 'loop' or 'cudnn'), logged (DEBUG)
+      when it changes. XLA compilation and SavedModel export always trace the loop.
     **kwargs: `LSTMCell` arguments (use_peepholes, num_proj, layer_norm, dropout, ...) and Keras
       layer arguments (name, dtype, ...).
   """
@@ -204,24 +204,41 @@ class LSTM(StatefulCallLayer):
 
   def _resolve(self, x, mask) -> str:
     """Picks the implementation for this call (at trace time) and logs it when it changes."""
+    implementation, reason = self._choose(xla=dispatch.in_xla(), export=dispatch.exporting(),
+                                          device=dispatch.device_type(x), has_mask=mask is not None)
+    if implementation != self.resolved_implementation:
+      # DEBUG: at trace time, before a command line has anything to say; the experiment logs the
+      # implementations of its model once (and records them in model_dir).
+      logging.getLogger(__name__).debug("%s runs implementation=%r (requested %r: %s)",
+                                        self.name, implementation, self.implementation, reason)
+    self.resolved_implementation = implementation
+    return implementation
+
+  def planned_implementation(self, jit_compile: bool = False) -> str:
+    """The implementation a call would run on this machine (no mask, not exporting).
+
+    Args:
+      jit_compile: The call is traced under XLA.
+    """
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    try:
+      return self._choose(xla=jit_compile, export=False, device=device, has_mask=False)[0]
+    except (ValueError, RuntimeError):  # 'fused' that cannot run: the call will raise
+      return self.implementation
+
+  def _choose(self, *, xla, export, device, has_mask) -> tuple:
     cell = self.cell
     unsupported = dispatch.fused_unsupported(cell)
     kernel_error = None
     if self.implementation != dispatch.LOOP and not unsupported and not kernels.available():
       kernel_error = kernels.error()
-    device = dispatch.device_type(x)
     implementation, reason = dispatch.choose(
-        self.implementation, unsupported=unsupported, kernel_error=kernel_error,
-        xla=dispatch.in_xla(), export=dispatch.exporting(), device=device,
-        cudnn_ok=dispatch.cudnn_applicable(cell, mask is not None))
+        self.implementation, unsupported=unsupported, kernel_error=kernel_error, xla=xla,
+        export=export, device=device, cudnn_ok=dispatch.cudnn_applicable(cell, has_mask))
     if implementation == dispatch.CUDNN:
       # Not run on a GPU yet: until it is, the plain variant on a GPU runs the loop.
       implementation, reason = dispatch.LOOP, "cuDNN path not enabled"
-    if implementation != self.resolved_implementation:
-      logging.getLogger(__name__).info("%s runs implementation=%r (requested %r: %s)", self.name,
-                                       implementation, self.implementation, reason)
-    self.resolved_implementation = implementation
-    return implementation
+    return implementation, reason
 
   def _run_fused(self, x, state, mask, recurrent_mask, zoneout):
     """The C++ kernel over the whole sequence: x [T, B, F] -> (outputs [T, B, out], state)."""
@@ -300,3 +317,14 @@ class LSTM(StatefulCallLayer):
                    "return_sequences": self.return_sequences, "return_state": self.return_state,
                    "stateful": self.stateful, "implementation": self.implementation})
     return config
+
+
+def planned_implementations(model, jit_compile: bool = False) -> tuple:
+  """What every `LSTM` inside `model` (any Keras layer or model) would run, in layer order.
+
+  A deterministic run must resume with the implementations its checkpoint was trained with: the
+  kernel and the loop round differently.
+  """
+  layers = [model] if isinstance(model, LSTM) else [
+      layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LSTM)]
+  return tuple(layer.planned_implementation(jit_compile) for layer in layers)

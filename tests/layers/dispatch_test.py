@@ -108,7 +108,7 @@ def test_mixed_precision_fused_request_raises_and_auto_runs_the_loop():
 def test_resolution_is_logged_once_per_change(caplog):
   lstm = LSTM(4, name="logged")
   x = tf.zeros([1, 2, 3])
-  with caplog.at_level("INFO", logger="tbptt.layers.lstm"):
+  with caplog.at_level("DEBUG", logger="tbptt.layers.lstm"):
     lstm(x)
     lstm(x)
   lines = [r.getMessage() for r in caplog.records if "logged" in r.getMessage()]
