@@ -243,9 +243,16 @@ class LSTM(StatefulCallLayer):
   def _run_fused(self, x, state, mask, recurrent_mask, zoneout):
     """The C++ kernel over the whole sequence: x [T, B, F] -> (outputs [T, B, out], state)."""
     cell = self.cell
-    xz = cell.input_projection(x)
     w = cell.step_weights()
     kwargs = {}
+    if cell.layer_norm:
+      # The kernel normalises x K itself (one op instead of a dozen, and their gradients).
+      xz = tf.tensordot(x, cell._weight(cell.kernel), [[2], [0]])
+      kwargs["input_gamma"] = cell._weight(cell.input_norm_gamma)
+      kwargs["bias"] = (cell._weight(cell.bias) + cell._weight(cell.input_norm_beta)
+                        + cell._weight(cell.recurrent_norm_beta))
+    else:
+      xz = cell.input_projection(x)
     if cell.use_peepholes:
       kwargs["peepholes"] = tf.stack(w["peepholes"])
     if cell.num_proj is not None:

@@ -71,7 +71,8 @@ def _on(t) -> bool:
 
 def lstm(xz, h0, c0, recurrent_kernel, *, peepholes=None, projection=None, recurrent_gamma=None,
          cell_gamma=None, cell_beta=None, mask=None, recurrent_mask=None, zoneout_c=None,
-         zoneout_h=None, cell_clip=None, proj_clip=None, epsilon=1e-3, gemm=None):
+         zoneout_h=None, cell_clip=None, proj_clip=None, epsilon=1e-3, input_gamma=None, bias=None,
+         gemm=None):
   """Runs the LSTM over the whole sequence in one op (see lstm_ops.cc for the equations).
 
   Args:
@@ -86,6 +87,9 @@ def lstm(xz, h0, c0, recurrent_kernel, *, peepholes=None, projection=None, recur
     zoneout_c, zoneout_h: Optional keep factors [T, B, u] and [T, B, out].
     cell_clip, proj_clip: Optional positive clip values.
     epsilon: Layer norm epsilon.
+    input_gamma, bias: Optional [4u] each (both or none): then xz is x K before its layer norm, and
+      the kernel computes input_gamma * LN(xz) + bias (bias: the cell's bias and both norms'
+      shifts).
     gemm: GEMM_EIGEN, GEMM_MKL or GEMM_BEST; default `gemm_mode`.
 
   Returns:
@@ -102,7 +106,8 @@ def lstm(xz, h0, c0, recurrent_kernel, *, peepholes=None, projection=None, recur
   outputs = library.tbptt_lstm_forward(
       xz, h0, c0, recurrent_kernel, opt(peepholes), opt(projection), opt(recurrent_gamma),
       opt(cell_gamma), opt(cell_beta), opt(mask), opt(recurrent_mask), opt(zoneout_c),
-      opt(zoneout_h), settings, gemm=gemm_mode if gemm is None else gemm)
+      opt(zoneout_h), settings, opt(input_gamma), opt(bias),
+      gemm=gemm_mode if gemm is None else gemm)
   return outputs[0], outputs[1]
 
 
@@ -117,17 +122,18 @@ def _forward_gradient(op, *grads):
   """Gradients of every input of TbpttLstmForward: the kernel walks back in time, then the weight
   gradients are one matmul each over all T * B rows."""
   (xz, h0, c0, recurrent_kernel, peepholes, projection, recurrent_gamma, _, _, _, recurrent_mask,
-   _, _, _) = op.inputs
+   _, _, _, input_gamma, _) = op.inputs
   h_all, c_all = op.outputs[0], op.outputs[1]
   dh = grads[0] if grads[0] is not None else tf.zeros_like(h_all)
   dc = grads[1] if grads[1] is not None else tf.zeros_like(c_all)
-  (dxz, dh0, dc0, dpeepholes, drecurrent, drecurrent_gamma, dcell_gamma, dcell_beta,
-   dprojected) = load().tbptt_lstm_backward(*op.inputs, *op.outputs, dh, dc,
-                                            gemm=op.get_attr("gemm"))
+  (dxz, dh0, dc0, dpeepholes, drecurrent, drecurrent_gamma, dcell_gamma, dcell_beta, dprojected,
+   dinput_gamma, dbias) = load().tbptt_lstm_backward(*op.inputs, *op.outputs, dh, dc,
+                                                     gemm=op.get_attr("gemm"))
   h_in = tf.concat([h0[None], h_all[:-1]], axis=0)  # h(t-1) of every step [T, B, out]
   if _on(recurrent_mask):
     h_in *= recurrent_mask[None]
   out, four_u = tf.shape(recurrent_kernel)[0], tf.shape(recurrent_kernel)[1]
+  # dxz is the gradient of z (= of h_in R) unless a layer norm comes between.
   d_rec = drecurrent if _on(recurrent_gamma) else dxz
   drecurrent_kernel = tf.matmul(tf.reshape(h_in, [-1, out]), tf.reshape(d_rec, [-1, four_u]),
                                 transpose_a=True)
@@ -140,4 +146,5 @@ def _forward_gradient(op, *grads):
   layer_norm = _on(recurrent_gamma)
   return [dxz, dh0, dc0, drecurrent_kernel, dpeepholes if _on(peepholes) else None, dprojection,
           drecurrent_gamma if layer_norm else None, dcell_gamma if layer_norm else None,
-          dcell_beta if layer_norm else None, None, None, None, None, None]
+          dcell_beta if layer_norm else None, None, None, None, None, None,
+          dinput_gamma if _on(input_gamma) else None, dbias if _on(input_gamma) else None]

@@ -103,45 +103,37 @@ template <typename T>
 using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
 
 // Layer norm of one row v[n] in place to v_hat (zero mean, unit variance); returns 1/std. The sums
-// are accumulated in double: float32 rounding in them would show in the gradients.
+// are vectorised and accumulated in double: float32 rounding in them would show in the gradients.
 template <typename T>
 inline T NormalizeRow(T* v, int n, T epsilon) {
-  double mean = 0;
-  for (int j = 0; j < n; ++j) mean += v[j];
-  mean /= n;
-  double var = 0;
-  for (int j = 0; j < n; ++j) {
-    const double centered = v[j] - mean;
-    var += centered * centered;
-  }
-  const double inv_std = 1.0 / std::sqrt(var / n + double(epsilon));
-  for (int j = 0; j < n; ++j) v[j] = T((v[j] - mean) * inv_std);
-  return T(inv_std);
+  Eigen::Map<RowArray<T>> a(v, n);
+  const double mean = a.template cast<double>().sum() / n;
+  a -= T(mean);
+  const double var = a.template cast<double>().square().sum() / n;
+  const T inv_std = T(1.0 / std::sqrt(var + double(epsilon)));
+  a *= inv_std;
+  return inv_std;
 }
 
-// Gradient of y = gamma * v_hat (+ beta) for one row: dv from dy; accumulates dgamma (and dbeta).
+// Gradient of y = gamma * v_hat (+ beta) for one row: dv from dy (dv may be dy); accumulates
+// dgamma (and dbeta).
 template <typename T>
 inline void NormalizeRowGrad(const T* dy, const T* v_hat, T inv_std, const T* gamma, int n, T* dv,
                              T* dgamma, T* dbeta, T* scratch) {
-  double mean_d = 0, mean_dv = 0;
-  for (int j = 0; j < n; ++j) {
-    scratch[j] = dy[j] * gamma[j];
-    mean_d += scratch[j];
-    mean_dv += double(scratch[j]) * v_hat[j];
-    dgamma[j] += dy[j] * v_hat[j];
-    if (dbeta != nullptr) dbeta[j] += dy[j];
-  }
-  mean_d /= n;
-  mean_dv /= n;
-  for (int j = 0; j < n; ++j) {
-    dv[j] = T(double(inv_std) * (scratch[j] - mean_d - v_hat[j] * mean_dv));
-  }
+  Eigen::Map<const RowArray<T>> d(dy, n), vh(v_hat, n), g(gamma, n);
+  Eigen::Map<RowArray<T>> dg(scratch, n);  // d(v_hat)
+  dg = d * g;
+  const double mean_d = dg.template cast<double>().sum() / n;
+  const double mean_dv = (dg * vh).template cast<double>().sum() / n;
+  Eigen::Map<RowArray<T>>(dgamma, n) += d * vh;
+  if (dbeta != nullptr) Eigen::Map<RowArray<T>>(dbeta, n) += d;
+  Eigen::Map<RowArray<T>>(dv, n) = inv_std * (dg - T(mean_d) - vh * T(mean_dv));
 }
 
 // The sizes of one call, read from the forward op's inputs.
 struct Dims {
   int steps, batch, units, out;
-  bool peepholes, projection, layer_norm, mask, recurrent_mask, zoneout;
+  bool peepholes, projection, layer_norm, mask, recurrent_mask, zoneout, input_norm;
 };
 
 Status ReadDims(OpKernelContext* ctx, Dims* d) {
@@ -190,6 +182,10 @@ Status ReadDims(OpKernelContext* ctx, Dims* d) {
   TF_RETURN_IF_ERROR(expect(10, d->recurrent_mask, int64_t(d->batch) * d->out, "recurrent_mask"));
   TF_RETURN_IF_ERROR(expect(11, d->zoneout, tb * d->units, "zoneout_c"));
   TF_RETURN_IF_ERROR(expect(12, d->zoneout, tb * d->out, "zoneout_h"));
+  // With input_gamma, xz is x K before its layer norm, and the kernel adds the norm and the bias.
+  d->input_norm = ctx->input(14).NumElements() > 0;
+  TF_RETURN_IF_ERROR(expect(14, d->input_norm, 4 * d->units, "input_gamma"));
+  TF_RETURN_IF_ERROR(expect(15, d->input_norm, 4 * d->units, "bias"));
   if (!d->projection && d->out != d->units) {
     return tensorflow::errors::InvalidArgument("without a projection h0 must be [B, u]");
   }
@@ -211,6 +207,8 @@ Status ReadDims(OpKernelContext* ctx, Dims* d) {
       .Input("zoneout_c: T")                                                                   \
       .Input("zoneout_h: T")                                                                   \
       .Input("settings: T")                                                                    \
+      .Input("input_gamma: T")                                                                 \
+      .Input("bias: T")                                                                        \
       .Attr("T: {float, double}")                                                              \
       .Attr("gemm: int = -1")
 
@@ -255,11 +253,13 @@ REGISTER_OP("TbpttLstmBackward")
     .Output("dcell_gamma: T")      // [u] (or empty)
     .Output("dcell_beta: T")       // [u] (or empty)
     .Output("dprojected: T")       // [T, B, p] gradient of m P after the clip mask (or empty)
+    .Output("dinput_gamma: T")     // [4u] (input layer norm; else empty)
+    .Output("dbias: T")            // [4u] (input layer norm; else empty)
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(0));
       c->set_output(1, c->input(1));
       c->set_output(2, c->input(2));
-      for (int i = 3; i < 9; ++i) c->set_output(i, c->UnknownShape());
+      for (int i = 3; i < 11; ++i) c->set_output(i, c->UnknownShape());
       return Status();
     });
 
@@ -321,7 +321,9 @@ class LstmForwardOp : public OpKernel {
     // Whole [B, n] blocks go through Eigen's array expressions, which vectorise the sigmoid and
     // tanh; a scalar loop over std::exp and std::tanh costs more than the matrix product here.
     std::vector<T> h_in(d.recurrent_mask ? B * O : 0), rec(B * G), m(d.projection ? B * U : 0),
-        cn(B * U);
+        cn(B * U), xn_buf(d.input_norm ? B * G : 0);
+    const T* in_gamma = ctx->input(14).flat<T>().data();
+    const T* bias = ctx->input(15).flat<T>().data();
     ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), rg(rgamma, G), cg(cgamma, U),
         cb(cbeta, U);
     for (int t = 0; t < S; ++t) {
@@ -341,7 +343,14 @@ class LstmForwardOp : public OpKernel {
         r.rowwise() *= rg;
       }
       Block gt(gates + row0 * G, B, G);
-      gt = ConstBlock(xz + row0 * G, B, G) + r;
+      if (d.input_norm) {
+        Block xn(xn_buf.data(), B, G);
+        xn = ConstBlock(xz + row0 * G, B, G);
+        for (int b = 0; b < B; ++b) NormalizeRow(xn_buf.data() + int64_t(b) * G, G, eps);
+        gt = (xn.rowwise() * ConstRow(in_gamma, G)).rowwise() + ConstRow(bias, G) + r;
+      } else {
+        gt = ConstBlock(xz + row0 * G, B, G) + r;
+      }
       ConstBlock cp(c_prev, B, U);
       if (d.peepholes) {
         gt.leftCols(U) += cp.rowwise() * pi;
@@ -427,7 +436,7 @@ class LstmBackwardOp : public OpKernel {
       OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
       *ptr = t->flat<T>().data();
     };
-    T *dxz, *dh0, *dc0, *dpeep, *drec, *drgamma, *dcgamma, *dcbeta, *dproj;
+    T *dxz, *dh0, *dc0, *dpeep, *drec, *drgamma, *dcgamma, *dcbeta, *dproj, *dingamma, *dbias;
     alloc(0, true, {S, B, G}, &dxz);
     alloc(1, true, {B, O}, &dh0);
     alloc(2, true, {B, U}, &dc0);
@@ -437,7 +446,15 @@ class LstmBackwardOp : public OpKernel {
     alloc(6, d.layer_norm, {U}, &dcgamma);
     alloc(7, d.layer_norm, {U}, &dcbeta);
     alloc(8, d.projection, {S, B, O}, &dproj);
+    alloc(9, d.input_norm, {G}, &dingamma);
+    alloc(10, d.input_norm, {G}, &dbias);
     if (!ctx->status().ok()) return;
+    const T* xz = ctx->input(0).flat<T>().data();
+    const T* in_gamma = ctx->input(14).flat<T>().data();
+    if (d.input_norm) {
+      std::fill(dingamma, dingamma + G, T(0));
+      std::fill(dbias, dbias + G, T(0));
+    }
 
     const T* h0 = ctx->input(1).flat<T>().data();
     const T* c0 = ctx->input(2).flat<T>().data();
@@ -451,14 +468,14 @@ class LstmBackwardOp : public OpKernel {
     const T* rmask = ctx->input(10).flat<T>().data();
     const T* zc = ctx->input(11).flat<T>().data();
     const T* zh = ctx->input(12).flat<T>().data();
-    const T* h_all = ctx->input(14).flat<T>().data();
-    const T* c_all = ctx->input(15).flat<T>().data();
-    const T* gates = ctx->input(16).flat<T>().data();
-    const T* cell_raw = ctx->input(17).flat<T>().data();
-    const T* rec_raw = ctx->input(18).flat<T>().data();
-    const T* proj_raw = ctx->input(20).flat<T>().data();
-    const T* dh_in = ctx->input(21).flat<T>().data();
-    const T* dc_in = ctx->input(22).flat<T>().data();
+    const T* h_all = ctx->input(16).flat<T>().data();
+    const T* c_all = ctx->input(17).flat<T>().data();
+    const T* gates = ctx->input(18).flat<T>().data();
+    const T* cell_raw = ctx->input(19).flat<T>().data();
+    const T* rec_raw = ctx->input(20).flat<T>().data();
+    const T* proj_raw = ctx->input(22).flat<T>().data();
+    const T* dh_in = ctx->input(23).flat<T>().data();
+    const T* dc_in = ctx->input(24).flat<T>().data();
 
     std::fill(dh0, dh0 + B * O, T(0));
     std::fill(dc0, dc0 + B * U, T(0));
@@ -578,6 +595,15 @@ class LstmBackwardOp : public OpKernel {
       }
       const T* drow = d.layer_norm ? drec + row0 * G : dxz + row0 * G;
       Gemm<T>(ctx, gemm_, drow, rk, dh_rec.data(), B, G, O, true, false);
+      if (d.input_norm) {  // dz -> the gradient of x K before its norm (after dz's last use)
+        for (int b = 0; b < B; ++b) {
+          const int64_t row = row0 + b;
+          std::copy(xz + row * G, xz + (row + 1) * G, v_hat.data());
+          const T inv = NormalizeRow(v_hat.data(), G, eps);
+          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, in_gamma, G, dxz + row * G, dingamma,
+                           dbias, scratch.data());
+        }
+      }
       for (int k = 0; k < B * O; ++k) {
         dh[k] += d.recurrent_mask ? dh_rec[k] * rmask[k] : dh_rec[k];
       }
