@@ -121,3 +121,15 @@ def test_empty_sequence_keeps_the_state():
   outputs, final = run(tf.zeros([2, 0, 3]))
   assert outputs.shape == (2, 0, 5) and lstm.resolved_implementation == "fused"
   np.testing.assert_array_equal(final.c, state.c)
+
+
+@pytest.mark.parametrize("gemm", ["eigen", "mkl"])
+def test_each_matrix_library_gives_the_loops_result(gemm, monkeypatch):
+  if gemm == "mkl" and kernels.build.mkl() is None:
+    pytest.skip("MKL is not installed: the kernel multiplies with Eigen only")
+  monkeypatch.setattr(kernels, "gemm_mode", kernels.GEMM_EIGEN if gemm == "eigen" else
+                      kernels.GEMM_MKL)
+  reference, loop = _run("loop", VARIANTS["everything"], SHAPES[3], "float64", None, True)
+  _, fused = _run("fused", VARIANTS["everything"], SHAPES[3], "float64", None, True,
+                  source=reference)
+  _assert_same(fused, loop, "float64")
