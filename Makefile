@@ -15,6 +15,7 @@ $(PY):
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m tbptt.layers.kernels
 	touch $@
 
 install: $(STAMP)

@@ -1,23 +1,27 @@
 """Times one training step (forward + backward) of the tbptt `LSTM` against `keras.layers.LSTM`.
 
-Also times the peephole and layer-norm variants, and `torch.nn.LSTM` when torch is installed.
+Both implementations of ours (the graph loop and the fused C++ kernel), each plain, with peepholes
+and with layer norm, and `torch.nn.LSTM` when torch is installed.
 Candidates are interleaved in rounds (every candidate once per round, in a shuffled order) after a
 warm-up, so that a change in machine load hits all of them alike; the table reports the median
 milliseconds per step and the ratios.
 
-  python benchmarks/lstm_layers.py                 # all shapes, 15 rounds
+  python benchmarks/lstm_layers.py                 # all shapes, 21 rounds
   python benchmarks/lstm_layers.py --shapes small --rounds 30
   python benchmarks/lstm_layers.py --quick         # smoke run: smallest shape, 2 rounds
   python benchmarks/lstm_layers.py --threads 1      # one thread each: steadier ratios of op costs
 
-Targets (printed as PASS/FAIL): ours no slower than keras.layers.LSTM at every shape (ratio <= 1
-within `--noise`), the peephole and layer-norm variants within 1.3x of ours.
+Targets (printed as PASS/FAIL): the loop no slower than keras.layers.LSTM at every shape (ratio
+<= 1 within `--noise`), its peephole and layer-norm variants within 1.3x of it; the fused kernel at
+most torch.nn.LSTM's time in the geometric mean over the shapes and at most 1.15x at any shape, its
+layer-norm variant within 1.15x and its peephole variant within 1.05x of fused plain.
 """
 
 import argparse
 import datetime
 import os
 import pathlib
+import statistics
 import sys
 from typing import Callable, NamedTuple
 
@@ -32,7 +36,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.timing import machine_line, time_interleaved  # noqa: E402
-from tbptt.layers import LSTM  # noqa: E402
+from tbptt.layers import LSTM, kernels  # noqa: E402
 
 try:
   import torch
@@ -57,6 +61,10 @@ QUICK_SHAPE = Shape(64, 50, 32, 64)
 
 PEEPHOLE_LIMIT = 1.3
 LAYER_NORM_LIMIT = 1.3
+FUSED_TORCH_MEAN_LIMIT = 1.0
+FUSED_TORCH_LIMIT = 1.15
+FUSED_PEEPHOLE_LIMIT = 1.05
+FUSED_LAYER_NORM_LIMIT = 1.15
 
 
 def tf_train_step(layer, x) -> Callable[[], float]:
@@ -91,12 +99,18 @@ def torch_train_step(shape: Shape) -> Callable[[], float]:
 def candidates(shape: Shape) -> dict[str, Callable[[], float]]:
   """Name -> a function that runs one training step and returns the loss."""
   x = tf.random.stateless_normal([shape.batch, shape.steps, shape.features], seed=[1, 2])
+
+  def ours(implementation, **kwargs):
+    return tf_train_step(LSTM(shape.units, implementation=implementation, **kwargs), x)
   steps = {
-      "ours": tf_train_step(LSTM(shape.units), x),
+      "ours": ours("loop"),
       "keras": tf_train_step(keras.layers.LSTM(shape.units, return_sequences=True,
                                                use_cudnn=False), x),
-      "peephole": tf_train_step(LSTM(shape.units, use_peepholes=True), x),
-      "layer_norm": tf_train_step(LSTM(shape.units, layer_norm=True), x),
+      "peephole": ours("loop", use_peepholes=True),
+      "layer_norm": ours("loop", layer_norm=True),
+      "fused": ours("fused"),
+      "fused_peephole": ours("fused", use_peepholes=True),
+      "fused_layer_norm": ours("fused", layer_norm=True),
   }
   if torch is not None:
     steps["torch"] = torch_train_step(shape)
@@ -130,7 +144,10 @@ def thread_settings() -> str:
 
 
 def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
-  """The Markdown table and target lines; returns (text, every target passed)."""
+  """The Markdown table and target lines; returns (text, every target passed).
+
+  results: shape -> candidate name -> milliseconds. "ours" and its variants are the graph loop.
+  """
   with_torch = any("torch" in r for r in results.values())
   lines = [
       f"## LSTM training step (forward + backward), median of {rounds} interleaved rounds",
@@ -140,31 +157,45 @@ def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
       f"- threads: {thread_settings()}",
       "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
       f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
-      + (f", torch {torch.__version__}" if with_torch else ""),
+      + (f", torch {torch.__version__}" if with_torch else "")
+      + f"; fused kernel multiplies with {kernels.gemm_library() or 'nothing (not built)'}",
       "",
   ]
-  header = ["shape", "ours ms", "keras ms", "ours/keras", "peephole ms", "peephole/ours",
-            "layer norm ms", "layer norm/ours"]
+  header = ["shape", "loop ms", "keras ms", "loop/keras", "loop peephole/loop",
+            "loop layer norm/loop", "fused ms", "fused/loop", "fused peephole/fused",
+            "fused layer norm/fused"]
   if with_torch:
-    header += ["torch ms", "torch/ours"]
+    header += ["torch ms", "fused/torch"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   checks = []
   for shape, r in results.items():
-    ours = r["ours"]
+    ours, fused = r["ours"], r["fused"]
     row = [str(shape), f"{ours:.1f}", f"{r['keras']:.1f}", f"{ours / r['keras']:.2f}",
-           f"{r['peephole']:.1f}", f"{r['peephole'] / ours:.2f}",
-           f"{r['layer_norm']:.1f}", f"{r['layer_norm'] / ours:.2f}"]
+           f"{r['peephole'] / ours:.2f}", f"{r['layer_norm'] / ours:.2f}", f"{fused:.1f}",
+           f"{fused / ours:.2f}", f"{r['fused_peephole'] / fused:.2f}",
+           f"{r['fused_layer_norm'] / fused:.2f}"]
     if with_torch:
-      row += [f"{r['torch']:.1f}", f"{r['torch'] / ours:.2f}"]
+      row += [f"{r['torch']:.1f}", f"{fused / r['torch']:.2f}"]
     lines.append("| " + " | ".join(row) + " |")
     checks += [
-        (f"{shape}: ours/keras = {ours / r['keras']:.2f} <= 1.0 (+{noise:.0%} noise)",
+        (f"{shape}: loop/keras = {ours / r['keras']:.2f} <= 1.0 (+{noise:.0%} noise)",
          ours / r["keras"] <= 1.0 + noise),
-        (f"{shape}: peephole/ours = {r['peephole'] / ours:.2f} <= {PEEPHOLE_LIMIT}",
+        (f"{shape}: loop peephole/loop = {r['peephole'] / ours:.2f} <= {PEEPHOLE_LIMIT}",
          r["peephole"] / ours <= PEEPHOLE_LIMIT),
-        (f"{shape}: layer norm/ours = {r['layer_norm'] / ours:.2f} <= {LAYER_NORM_LIMIT}",
+        (f"{shape}: loop layer norm/loop = {r['layer_norm'] / ours:.2f} <= {LAYER_NORM_LIMIT}",
          r["layer_norm"] / ours <= LAYER_NORM_LIMIT),
+        (f"{shape}: fused peephole/fused = {r['fused_peephole'] / fused:.2f} <= "
+         f"{FUSED_PEEPHOLE_LIMIT}", r["fused_peephole"] / fused <= FUSED_PEEPHOLE_LIMIT),
+        (f"{shape}: fused layer norm/fused = {r['fused_layer_norm'] / fused:.2f} <= "
+         f"{FUSED_LAYER_NORM_LIMIT}", r["fused_layer_norm"] / fused <= FUSED_LAYER_NORM_LIMIT),
     ]
+    if with_torch:
+      checks.append((f"{shape}: fused/torch = {fused / r['torch']:.2f} <= {FUSED_TORCH_LIMIT}",
+                     fused / r["torch"] <= FUSED_TORCH_LIMIT))
+  if with_torch:
+    mean = statistics.geometric_mean([r["fused"] / r["torch"] for r in results.values()])
+    checks.append((f"geometric mean of fused/torch = {mean:.2f} <= {FUSED_TORCH_MEAN_LIMIT}",
+                   mean <= FUSED_TORCH_MEAN_LIMIT))
   lines += ["", "Targets:"]
   lines += [f"- {'PASS' if ok else 'FAIL'} {text}" for text, ok in checks]
   return "\n".join(lines), all(ok for _, ok in checks)
@@ -172,7 +203,7 @@ def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--rounds", type=int, default=15, help="timed rounds (each candidate once)")
+  parser.add_argument("--rounds", type=int, default=21, help="timed rounds (each candidate once)")
   parser.add_argument("--warmup", type=int, default=3, help="untimed steps per candidate first")
   parser.add_argument("--shapes", choices=sorted(SHAPES), default="all",
                       help="small: B,T,F,H = 20,35,200,200 and 64,50,32,64; "

@@ -16,8 +16,15 @@ Candidates run in interleaved rounds of `--steps` steps after one untimed warm-u
 table reports median tokens/s. Targets (PASS/FAIL): trainer >= fit, and the Trainer's overhead over
 the bare loop (bare / trainer - 1) under 5%.
 
+`--versus_torch` times instead the character language model of configs/charlm.gin at 2 x 256 units
+(`LanguageModel`, Adam, global-norm clip 5, B 32, T 64) trained by the Trainer, against its PyTorch
+twin (the same layers, optimizer, clipping and state carried between chunks, written as a PyTorch
+user would). Candidates: ours with implementation='auto' (the fused kernel where it is built),
+ours with 'loop', and torch. Target: ours >= torch in tokens/s.
+
   python benchmarks/trainer.py                # 5 rounds of 1000 steps
   python benchmarks/trainer.py --quick        # smoke run: a tiny model, 2 rounds of 20 steps
+  python benchmarks/trainer.py --versus_torch # ours against PyTorch, 5 rounds of 200 steps
 """
 
 import argparse
@@ -41,9 +48,15 @@ import tensorflow as tf  # noqa: E402
 from absl import logging  # noqa: E402
 
 from benchmarks.timing import machine_line, time_interleaved  # noqa: E402
-from tbptt.layers import LSTM, LSTMState  # noqa: E402
+from tbptt.experiments.language_model import LanguageModel  # noqa: E402
+from tbptt.layers import LSTM, LSTMState, kernels  # noqa: E402
 from tbptt.trainer import Trainer, runtime  # noqa: E402
 from tbptt.trainer.task import Task  # noqa: E402
+
+try:
+  import torch
+except ImportError:
+  torch = None
 
 OVERHEAD_LIMIT = 0.05
 LEARNING_RATE = 1.0
@@ -62,6 +75,14 @@ class Shape(NamedTuple):
 
 SHAPES = {"small": Shape(20, 35, 1000, 64), "ptb": Shape(20, 35, 2000, 200)}
 QUICK_SHAPE = Shape(4, 10, 50, 16)
+
+# The character LM against PyTorch: 2 layers of 256 units over a 100-character vocabulary.
+CHARLM_SHAPE = Shape(32, 64, 100, 256)
+CHARLM_QUICK_SHAPE = Shape(4, 10, 50, 16)
+CHARLM_LAYERS = 2
+CHARLM_EMBEDDING = 64
+CHARLM_LEARNING_RATE = 0.002
+CHARLM_STEPS = 200
 CHUNKS = 50  # chunks per pass over the synthetic streams
 
 
@@ -94,12 +115,15 @@ def token_streams(shape: Shape) -> np.ndarray:
 
 
 class StreamTask(Task):
-  """Next-token prediction over the streams; chunk k = step mod CHUNKS, rows reset at chunk 0."""
+  """Next-token prediction over the streams; chunk k = step mod CHUNKS, rows reset at chunk 0.
 
-  def __init__(self, shape: Shape, tbptt_lstm: bool):
+  The model is `LM(shape, tbptt_lstm)`, or `model` if given (then it has `initial_state`).
+  """
+
+  def __init__(self, shape: Shape, tbptt_lstm: bool, model=None):
     self.shape = shape
     self._streams = tf.constant(token_streams(shape))
-    self._model = LM(shape, tbptt_lstm)
+    self._model = model or LM(shape, tbptt_lstm)
 
   @property
   def model(self):
@@ -114,6 +138,8 @@ class StreamTask(Task):
     return self.shape.batch * self.shape.steps
 
   def initial_state(self, batch_size):
+    if isinstance(self._model, LanguageModel):
+      return self._model.initial_state(batch_size)
     zeros = tf.zeros([batch_size, self.shape.units])
     return LSTMState(zeros, zeros)
 
@@ -195,6 +221,90 @@ def candidates(shape: Shape, steps: int, steps_per_loop: int, directory: str, qu
           "fit/spe": fit_round(shape, steps, steps_per_loop)}
 
 
+def charlm_trainer(shape: Shape, model_dir: str, implementation: str, quick: bool) -> Trainer:
+  """The Trainer on the character LM (LanguageModel, Adam, clip 5), summaries at their default."""
+  runtime.seed_everything(0)
+  model = LanguageModel(shape.vocab, units=shape.units, num_layers=CHARLM_LAYERS,
+                        embedding_dim=CHARLM_EMBEDDING, implementation=implementation)
+  cadence = dict(summary_interval=5, checkpoint_interval=10**9, histogram_interval=10**9,
+                 log_interval=10**9, steps_per_loop=10) if quick else {}
+  return Trainer(task=StreamTask(shape, True, model=model), model_dir=model_dir,
+                 train_steps=10**9, optimizer=keras.optimizers.Adam,
+                 learning_rate=CHARLM_LEARNING_RATE, clip_norm=CLIP_NORM, **cadence)
+
+
+def torch_charlm_round(shape: Shape, steps: int) -> Callable[[], None]:
+  """The PyTorch twin of the character LM: embedding, 2-layer LSTM, linear; Adam, clip 5; the
+  state carried (detached) from chunk to chunk and reset at the first chunk of the streams."""
+  torch.manual_seed(0)
+  embedding = torch.nn.Embedding(shape.vocab, CHARLM_EMBEDDING)
+  lstm = torch.nn.LSTM(CHARLM_EMBEDDING, shape.units, CHARLM_LAYERS, batch_first=True)
+  head = torch.nn.Linear(shape.units, shape.vocab)
+  modules = torch.nn.ModuleList([embedding, lstm, head])
+  optimizer = torch.optim.Adam(modules.parameters(), lr=CHARLM_LEARNING_RATE)
+  streams = torch.from_numpy(token_streams(shape)).long()
+  t = shape.steps
+  carried = {"step": 0, "state": None}
+
+  def run():
+    for _ in range(steps):
+      k = carried["step"] % CHUNKS
+      window = streams[:, k * t:(k + 1) * t + 1]
+      state = None if k == 0 else carried["state"]
+      outputs, state = lstm(embedding(window[:, :-1]), state)
+      logits = head(outputs)
+      loss = torch.nn.functional.cross_entropy(logits.reshape(-1, shape.vocab),
+                                               window[:, 1:].reshape(-1))
+      optimizer.zero_grad(set_to_none=True)
+      loss.backward()
+      torch.nn.utils.clip_grad_norm_(modules.parameters(), CLIP_NORM)
+      optimizer.step()
+      carried["state"] = tuple(s.detach() for s in state)
+      carried["step"] += 1
+    float(loss.detach())
+
+  return run
+
+
+def versus_torch_candidates(shape: Shape, steps: int, directory: str, quick: bool) -> tuple:
+  """(name -> one round, the 'ours' candidate's model)."""
+  ours = charlm_trainer(shape, os.path.join(directory, "auto"), "auto", quick)
+  loop = charlm_trainer(shape, os.path.join(directory, "loop"), "loop", quick)
+  runs = {"ours": trainer_round(ours, steps), "ours/loop": trainer_round(loop, steps)}
+  if torch is not None:
+    runs["torch"] = torch_charlm_round(shape, steps)
+  return runs, ours.task.model
+
+
+def versus_torch_report(seconds: dict, shape: Shape, steps: int, rounds: int,
+                        implementations: str) -> tuple[str, bool]:
+  """The Markdown table and the target line (ours >= torch); returns (text, target passed)."""
+  tokens = {name: steps * shape.batch * shape.steps / s for name, s in seconds.items()}
+  lines = [
+      f"## Character LM ({CHARLM_LAYERS} x {shape.units}, B={shape.batch} T={shape.steps} "
+      f"V={shape.vocab}, Adam, clip {CLIP_NORM:g}): Trainer against PyTorch, median of {rounds} "
+      f"interleaved rounds of {steps} steps",
+      "",
+      f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+      f"- {machine_line()}",
+      "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
+      f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
+      + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "")
+      + f"; ours ran {implementations}",
+      "",
+      "| candidate | tokens/s | ours / candidate |",
+      "|---|---|---|",
+  ]
+  for name, rate in tokens.items():
+    lines.append(f"| {name} | {rate:,.0f} | {tokens['ours'] / rate:.2f} |")
+  checks = []
+  if "torch" in tokens:
+    ratio = tokens["ours"] / tokens["torch"]
+    checks.append((f"ours / torch tokens/s = {ratio:.2f} >= 1.0", ratio >= 1.0))
+  lines += ["", "Targets:"] + [f"- {'PASS' if ok else 'FAIL'} {text}" for text, ok in checks]
+  return "\n".join(lines), all(ok for _, ok in checks)
+
+
 def report(seconds: dict, shape: Shape, steps: int, rounds: int) -> tuple[str, bool]:
   """The Markdown table and target lines; returns (text, every target passed)."""
   tokens = {name: steps * shape.batch * shape.steps / s for name, s in seconds.items()}
@@ -225,22 +335,28 @@ def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--shape", choices=sorted(SHAPES), default="small",
                       help="small: B,T,V,H = 20,35,1000,64; ptb: 20,35,2000,200")
-  parser.add_argument("--steps", type=int, default=1000, help="training steps per timed round")
+  parser.add_argument("--steps", type=int, default=None,
+                      help=f"training steps per timed round (default 1000; {CHARLM_STEPS} with "
+                           "--versus_torch)")
   parser.add_argument("--rounds", type=int, default=5, help="timed rounds (each candidate once)")
   parser.add_argument("--steps_per_loop", type=int, default=100, help="Trainer.steps_per_loop")
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: a tiny model, 2 rounds of 20 steps")
+  parser.add_argument("--versus_torch", action="store_true",
+                      help="the character LM against its PyTorch twin (see the module docstring)")
   parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
   return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
-  shape, steps, rounds = SHAPES[args.shape], args.steps, args.rounds
+  shape, steps, rounds = SHAPES[args.shape], args.steps or 1000, args.rounds
   steps_per_loop = args.steps_per_loop
   if args.quick:
     shape, steps, rounds, steps_per_loop = QUICK_SHAPE, 20, 2, 10
   logging.set_verbosity(logging.WARNING)
+  if args.versus_torch:
+    return versus_torch(args)
   with tempfile.TemporaryDirectory(prefix="tbptt_bench_") as directory:
     print(f"timing {shape}, {rounds} rounds of {steps} steps ...", file=sys.stderr, flush=True)
     # The Trainer's progress lines go to stderr with the other chatter; stdout is the table.
@@ -248,6 +364,23 @@ def main(argv=None) -> int:
       runs = candidates(shape, steps, steps_per_loop, directory, args.quick)
       seconds = time_interleaved(runs, rounds)
   text, passed = report(seconds, shape, steps, rounds)
+  print(text)
+  return 1 if args.strict and not passed else 0
+
+
+def versus_torch(args) -> int:
+  shape, rounds = CHARLM_SHAPE, args.rounds
+  steps = CHARLM_STEPS if args.steps is None else args.steps
+  if args.quick:
+    shape, steps, rounds = CHARLM_QUICK_SHAPE, 20, 2
+  with tempfile.TemporaryDirectory(prefix="tbptt_bench_") as directory:
+    print(f"timing the character LM {shape}, {rounds} rounds of {steps} steps ...",
+          file=sys.stderr, flush=True)
+    runs, model = versus_torch_candidates(shape, steps, directory, args.quick)
+    seconds = time_interleaved(runs, rounds)
+  ran = "/".join(sorted(set(model.implementations)))
+  text, passed = versus_torch_report(seconds, shape, steps, rounds, f"implementation {ran!r} "
+                                     f"(kernel: {kernels.gemm_library() or 'not built'})")
   print(text)
   return 1 if args.strict and not passed else 0
 

@@ -11,16 +11,20 @@ Modes:
 """
 
 import contextlib
+import json
+import os
 import re
 
 import gin
 import tensorflow as tf
+from absl import logging
 
 # Imported for their gin registrations: every configurable a .gin file may name.
 from tbptt.experiments import forecasting  # noqa: F401
 from tbptt.experiments import language_model  # noqa: F401
 from tbptt.experiments import export as export_lib
 from tbptt.experiments import run_lock, sampling, storage
+from tbptt.layers.lstm import planned_implementations
 from tbptt.trainer import Trainer, TrainerConfig
 from tbptt.trainer import optimizers  # noqa: F401
 from tbptt.trainer.distribute import make_strategy
@@ -116,6 +120,40 @@ def _restore(trainer, model_dir: str, mode: str) -> int:
   return step
 
 
+IMPLEMENTATIONS_FILE = "lstm_implementations.json"
+
+
+def _check_lstm_implementations(model_dir: str, task, step: int | None, config) -> list:
+  """Which LSTM implementation (fused kernel or loop) each layer will run. Under
+  `Trainer.deterministic = True` a resumed run must run the ones the checkpoint was trained with,
+  since the two round differently (ConfigError otherwise: the launcher exits 2)."""
+  planned = list(planned_implementations(task.model, config.jit_compile))
+  path = os.path.join(model_dir, IMPLEMENTATIONS_FILE)
+  if planned and step is not None and config.deterministic and os.path.exists(path):
+    with open(path) as f:
+      recorded = json.load(f)["implementations"]
+    if recorded != planned:
+      raise ConfigError(
+          f"Trainer.deterministic=True, but the checkpoint at step {step} was trained with LSTM "
+          f"implementations {recorded} and this run would use {planned}, so it would not repeat "
+          f"the uninterrupted run; bind the same implementation (e.g. --gin_bindings=\""
+          f"LanguageModel.implementation='{recorded[0]}'\"; 'fused' needs the kernel built here) "
+          "or set Trainer.deterministic=False to resume anyway")
+  return planned
+
+
+def _record_lstm_implementations(model_dir: str, planned: list) -> None:
+  """Writes `planned` to model_dir (the chief only), for the next resume's check."""
+  if not planned or not run_lock.is_chief():
+    return
+  path = os.path.join(model_dir, IMPLEMENTATIONS_FILE)
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    json.dump({"implementations": planned}, f)
+  os.replace(tmp, path)
+  logging.info("LSTM implementations: %s (recorded in %s)", planned, path)
+
+
 def _report(step: int, splits: dict) -> None:
   """Prints one line per split: `step 600 valid: loss=1.536 bits_per_char=2.216`."""
   for split, metrics in splits.items():
@@ -155,10 +193,12 @@ def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict
 def _run(model_dir: str, mode: str, task_fn) -> dict:
   _, task, trainer = build(model_dir, task_fn)
   if mode in ("train", "train_and_eval"):
-    trainer.restore()  # Fails on a checkpoint that does not fit before anything is written.
+    step = trainer.restore()  # Fails on a checkpoint that does not fit before anything is written.
+    planned = _check_lstm_implementations(model_dir, task, step, trainer.config)
     write_assets = getattr(task, "write_assets", None)
     if write_assets is not None:
       write_assets()
+    _record_lstm_implementations(model_dir, planned)
     result = trainer.train()
     if mode == "train_and_eval":
       result["eval"] = trainer.evaluate(splits=EVAL_SPLITS)

@@ -24,6 +24,8 @@ import shutil
 
 import tensorflow as tf
 
+from tbptt.layers import dispatch
+
 EXPORT_DIR = "export"
 
 
@@ -118,8 +120,10 @@ def export(task, model_dir: str) -> str:
   target = os.path.join(model_dir, EXPORT_DIR)
   tmp = f"{target}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
-  module = StreamingModel(task)
-  tf.saved_model.save(module, tmp, signatures=module.signatures())
+  # Trace the layers' graph loop, not the fused C++ op: the SavedModel loads in plain TensorFlow.
+  with dispatch.export_scope():
+    module = StreamingModel(task)
+    tf.saved_model.save(module, tmp, signatures=module.signatures())
   paths = [p for p in getattr(task, "asset_paths", ()) if p and os.path.exists(p)]
   if paths:
     os.makedirs(os.path.join(tmp, "assets.extra"))

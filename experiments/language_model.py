@@ -43,6 +43,8 @@ class LanguageModel(keras.Model):
     use_peepholes, num_proj, proj_clip, cell_clip, layer_norm, unit_forget_bias, recurrent_dropout,
     zoneout_cell, zoneout_hidden: `layers.LSTMCell` options, applied to every layer.
     seed: Seed of the dropout and zoneout noise.
+    implementation: 'auto', 'fused' or 'loop', for every LSTM layer (see `layers.LSTM`);
+      `implementations` lists what each layer ran in its last call.
   """
 
   def __init__(self, vocab_size: int, *, units: int = 256, num_layers: int = 2,
@@ -52,7 +54,7 @@ class LanguageModel(keras.Model):
                cell_clip: float | None = None, layer_norm: bool = False,
                unit_forget_bias: bool = True, recurrent_dropout: float = 0.0,
                zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0, seed: int | None = None,
-               name: str = "language_model"):
+               implementation: str = "auto", name: str = "language_model"):
     super().__init__(name=name)
     # The state keeps float32 under mixed precision: Keras must not cast call arguments.
     self._convert_input_args = False
@@ -72,7 +74,7 @@ class LanguageModel(keras.Model):
         use_peepholes=use_peepholes, num_proj=num_proj, proj_clip=proj_clip, cell_clip=cell_clip,
         layer_norm=layer_norm, unit_forget_bias=unit_forget_bias,
         recurrent_dropout=recurrent_dropout, zoneout_cell=zoneout_cell,
-        zoneout_hidden=zoneout_hidden, seed=seed,
+        zoneout_hidden=zoneout_hidden, seed=seed, implementation=implementation,
         **{k: _uniform(init_scale) for k in ("kernel_initializer", "recurrent_initializer",
                                              "projection_initializer", "peephole_initializer")
            if init_scale is not None})
@@ -88,6 +90,11 @@ class LanguageModel(keras.Model):
       self.softmax_bias = self.add_weight(shape=(self.vocab_size,), initializer="zeros",
                                           name="softmax_bias")
     self.built = True
+
+  @property
+  def implementations(self) -> tuple:
+    """What each LSTM layer ran in its last call ('fused', 'loop', 'cudnn'; None before one)."""
+    return self.rnn.implementations
 
   def initial_state(self, batch_size) -> tuple:
     """Zero state: a tuple of LSTMState, one per layer, float32."""

@@ -1,11 +1,17 @@
-"""The sequence layer: an `LSTMCell` run over time in a graph loop, state in and out explicitly."""
+"""The sequence layer: an `LSTMCell` run over time, state in and out explicitly.
 
+Two implementations compute the same function: a `tf.while_loop` over the cell's step (every
+variant, XLA, any device) and a fused C++ kernel that runs the whole time loop in one op forward and
+one backward (`kernels/`). `dispatch.choose` picks one per call at trace time.
+"""
+
+import logging
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
-from tbptt.layers import validation
+from tbptt.layers import dispatch, kernels, validation
 from tbptt.layers.base import StatefulCallLayer
 from tbptt.layers.lstm_cell import CELL_ARGUMENTS, LSTMCell
 from tbptt.layers.state import LSTMState
@@ -76,14 +82,21 @@ class LSTM(StatefulCallLayer):
     return_state: Return `(outputs, final_state)`; else only outputs.
     stateful: Keep the final state between calls (the batch size is fixed by the first call);
       `reset_state()` zeroes it. An explicit `initial_state` wins over the kept state.
+    implementation: 'auto' (the fused kernel where it is built and applies, cuDNN for the plain
+      variant on a GPU, else the loop), 'fused' (the kernel or an error) or 'loop'. The choice of
+      the last call is `resolved_implementation` ('fused', 'loop' or 'cudnn'), logged (DEBUG)
+      when it changes. XLA compilation and SavedModel export always trace the loop.
     **kwargs: `LSTMCell` arguments (use_peepholes, num_proj, layer_norm, dropout, ...) and Keras
       layer arguments (name, dtype, ...).
   """
 
   def __init__(self, units: int, *, time_major: bool = False, return_sequences: bool = True,
-               return_state: bool = True, stateful: bool = False, **kwargs):
+               return_state: bool = True, stateful: bool = False, implementation: str = "auto",
+               **kwargs):
     cell_kwargs = {k: kwargs.pop(k) for k in CELL_ARGUMENTS if k in kwargs}
     super().__init__(**kwargs)
+    self.implementation = dispatch.check_implementation(implementation)
+    self.resolved_implementation = None
     self.supports_masking = True
     self.units = units
     self.time_major = bool(time_major)
@@ -92,6 +105,10 @@ class LSTM(StatefulCallLayer):
     self.stateful = bool(stateful)
     self.cell = LSTMCell(units, dtype=self.dtype_policy, name="cell", **cell_kwargs)
     self.kept_state = None
+    if implementation != dispatch.LOOP and kernels.available():
+      # Keras compiles a model with XLA under jit_compile='auto' only if every layer says it can;
+      # under XLA this layer would trace the loop instead of the faster kernel.
+      self.supports_jit = False
 
   @property
   def output_size(self) -> int:
@@ -171,6 +188,102 @@ class LSTM(StatefulCallLayer):
     if input_mask is not None:
       x *= input_mask[None]
     zoneout = cell.zoneout_keep([steps, batch_size], training)
+    implementation = self._resolve(x, mask)
+    if implementation == dispatch.FUSED:
+      outputs, final_state = self._run_fused(x, state, mask, recurrent_mask, zoneout)
+    else:
+      outputs, final_state = self._run_loop(x, state, mask, recurrent_mask, zoneout)
+    if self.stateful:
+      for variable, value in zip(self.kept_state, final_state):
+        variable.assign(value)
+    if not self.return_sequences:
+      outputs = tf.cast(final_state.h, self.compute_dtype)
+    elif not self.time_major:
+      outputs = tf.transpose(outputs, [1, 0, 2])
+    return (outputs, final_state) if self.return_state else outputs
+
+  def _resolve(self, x, mask) -> str:
+    """Picks the implementation for this call (at trace time) and logs it when it changes."""
+    implementation, reason = self._choose(xla=dispatch.in_xla(), export=dispatch.exporting(),
+                                          device=dispatch.device_type(x), has_mask=mask is not None)
+    if implementation != self.resolved_implementation:
+      # DEBUG: at trace time, before a command line has anything to say; the experiment logs the
+      # implementations of its model once (and records them in model_dir).
+      logging.getLogger(__name__).debug("%s runs implementation=%r (requested %r: %s)",
+                                        self.name, implementation, self.implementation, reason)
+    self.resolved_implementation = implementation
+    return implementation
+
+  def planned_implementation(self, jit_compile: bool = False) -> str:
+    """The implementation a call would run on this machine (no mask, not exporting).
+
+    Args:
+      jit_compile: The call is traced under XLA.
+    """
+    device = "GPU" if tf.config.list_logical_devices("GPU") else "CPU"
+    try:
+      return self._choose(xla=jit_compile, export=False, device=device, has_mask=False)[0]
+    except (ValueError, RuntimeError):  # 'fused' that cannot run: the call will raise
+      return self.implementation
+
+  def _choose(self, *, xla, export, device, has_mask) -> tuple:
+    cell = self.cell
+    unsupported = dispatch.fused_unsupported(cell)
+    kernel_error = None
+    if self.implementation != dispatch.LOOP and not unsupported and not kernels.available():
+      kernel_error = kernels.error()
+    implementation, reason = dispatch.choose(
+        self.implementation, unsupported=unsupported, kernel_error=kernel_error, xla=xla,
+        export=export, device=device, cudnn_ok=dispatch.cudnn_applicable(cell, has_mask))
+    if implementation == dispatch.CUDNN:
+      # Not run on a GPU yet: until it is, the plain variant on a GPU runs the loop.
+      implementation, reason = dispatch.LOOP, "cuDNN path not enabled"
+    return implementation, reason
+
+  def _run_fused(self, x, state, mask, recurrent_mask, zoneout):
+    """The C++ kernel over the whole sequence: x [T, B, F] -> (outputs [T, B, out], state)."""
+    cell = self.cell
+    w = cell.step_weights()
+    kwargs = {}
+    if cell.layer_norm:
+      # The kernel normalises x K itself (one op instead of a dozen, and their gradients).
+      xz = tf.tensordot(x, cell._weight(cell.kernel), [[2], [0]])
+      kwargs["input_gamma"] = cell._weight(cell.input_norm_gamma)
+      kwargs["bias"] = (cell._weight(cell.bias) + cell._weight(cell.input_norm_beta)
+                        + cell._weight(cell.recurrent_norm_beta))
+    else:
+      xz = cell.input_projection(x)
+    if cell.use_peepholes:
+      kwargs["peepholes"] = tf.stack(w["peepholes"])
+    if cell.num_proj is not None:
+      kwargs["projection"] = w["projection"]
+    if cell.layer_norm:
+      kwargs["recurrent_gamma"] = w["recurrent_norm_gamma"]
+      kwargs["cell_gamma"], kwargs["cell_beta"] = w["cell_norm"]
+    if mask is not None:
+      kwargs["mask"] = tf.cast(mask, xz.dtype)
+    if recurrent_mask is not None:
+      kwargs["recurrent_mask"] = recurrent_mask
+    if zoneout is not None:
+      shape = tf.shape(xz)
+      kwargs["zoneout_c"] = tf.broadcast_to(zoneout[0], tf.stack([shape[0], shape[1], self.units]))
+      kwargs["zoneout_h"] = tf.broadcast_to(zoneout[1],
+                                            tf.stack([shape[0], shape[1], self.output_size]))
+    h, c = kernels.lstm(xz, tf.cast(state.h, xz.dtype), tf.cast(state.c, xz.dtype),
+                        w["recurrent_kernel"], cell_clip=cell.cell_clip, proj_clip=cell.proj_clip,
+                        epsilon=cell.layer_norm_epsilon, **kwargs)
+    if x.shape[0]:
+      final_state = LSTMState(h=h[-1], c=c[-1])
+    else:  # the length is unknown until run time, maybe 0: an empty sequence keeps the state
+      final_state = LSTMState(*(tf.cond(tf.shape(h)[0] > 0, lambda v=v: v[-1], lambda s=s: s)
+                                for v, s in zip((h, c), state)))
+    outputs = h if mask is None else tf.where(mask[:, :, None], h, tf.zeros_like(h))
+    return outputs, final_state
+
+  def _run_loop(self, x, state, mask, recurrent_mask, zoneout):
+    """The cell's step in a tf.while_loop: x [T, B, F] -> (outputs [T, B, out], state)."""
+    cell = self.cell
+    batch_size = tf.shape(x)[1]
     per_step_zoneout = zoneout is not None and zoneout[0].shape.rank == 3
     # Project all steps' inputs before the loop (one large matmul) unless the inputs are narrower
     # than the cell: then the [T, B, 4u] projection (and its gradient) costs more to store and
@@ -186,16 +299,7 @@ class LSTM(StatefulCallLayer):
     loop_inputs = _StepInputs(xz=cell.input_projection(x) if hoist else x, mask=mask,
                               zoneout_c=zoneout[0] if per_step_zoneout else None,
                               zoneout_h=zoneout[1] if per_step_zoneout else None)
-    outputs, final_state = recurrent_loop(step_fn, loop_inputs, state, self.output_size,
-                                          self.compute_dtype)
-    if self.stateful:
-      for variable, value in zip(self.kept_state, final_state):
-        variable.assign(value)
-    if not self.return_sequences:
-      outputs = tf.cast(final_state.h, self.compute_dtype)
-    elif not self.time_major:
-      outputs = tf.transpose(outputs, [1, 0, 2])
-    return (outputs, final_state) if self.return_state else outputs
+    return recurrent_loop(step_fn, loop_inputs, state, self.output_size, self.compute_dtype)
 
   def compute_output_spec(self, inputs, initial_state=None, mask=None, training=False):
     shape = inputs.shape
@@ -218,5 +322,16 @@ class LSTM(StatefulCallLayer):
     config.update({k: cell_config[k] for k in CELL_ARGUMENTS})
     config.update({"units": self.units, "time_major": self.time_major,
                    "return_sequences": self.return_sequences, "return_state": self.return_state,
-                   "stateful": self.stateful})
+                   "stateful": self.stateful, "implementation": self.implementation})
     return config
+
+
+def planned_implementations(model, jit_compile: bool = False) -> tuple:
+  """What every `LSTM` inside `model` (any Keras layer or model) would run, in layer order.
+
+  A deterministic run must resume with the implementations its checkpoint was trained with: the
+  kernel and the loop round differently.
+  """
+  layers = [model] if isinstance(model, LSTM) else [
+      layer for layer in model._flatten_layers(include_self=False) if isinstance(layer, LSTM)]
+  return tuple(layer.planned_implementation(jit_compile) for layer in layers)

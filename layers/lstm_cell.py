@@ -1,5 +1,7 @@
 """One LSTM step with every variant: peepholes, projection, clipping, layer norm, dropout, zoneout.
 
+Layer norm lives in `layer_norm.py`, the dropout and zoneout noise in `noise.py`.
+
 The step is split in two so that a sequence layer can hoist the part that does not depend on time:
 
   input_projection(x)           -> LN_in(x K) + b           (one matmul for all steps of a sequence)
@@ -11,46 +13,16 @@ Weight layout and gate order (i, f, c, o) are Keras's, so weights copy to and fr
 """
 
 import functools
+import inspect
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from tbptt.layers import validation
+from tbptt.layers import noise, validation
 from tbptt.layers.base import StatefulCallLayer
+from tbptt.layers.layer_norm import layer_norm
 from tbptt.layers.state import LSTMState, zero_state
-
-
-def layer_norm(v, gamma, beta, epsilon):
-  """gamma * (v - mean) / sqrt(var + epsilon) + beta on the last axis; no shift if beta is None."""
-  normalized = _scaled_norm(v, gamma, epsilon)
-  return normalized if beta is None else normalized + beta
-
-
-def _scaled_norm(v, gamma, epsilon):
-  """gamma * (v - mean) / sqrt(var + epsilon), with a hand-written gradient.
-
-  The closed-form gradient takes about half the ops of the autodiff one; inside a time loop every op
-  counts. v [..., N], gamma [N] or already broadcast to v's shape.
-  """
-
-  @tf.custom_gradient
-  def norm(v, gamma):
-    centered = v - tf.reduce_mean(v, axis=-1, keepdims=True)
-    inv_std = tf.math.rsqrt(tf.reduce_mean(centered * centered, axis=-1, keepdims=True) + epsilon)
-    unit = centered * inv_std
-
-    def grad(dy):
-      dunit = dy * gamma
-      dv = inv_std * (dunit - tf.reduce_mean(dunit, axis=-1, keepdims=True)
-                      - unit * tf.reduce_mean(dunit * unit, axis=-1, keepdims=True))
-      dgamma = dy * unit
-      batch_axes = list(range(dy.shape.rank - gamma.shape.rank))
-      return dv, tf.reduce_sum(dgamma, axis=batch_axes) if batch_axes else dgamma
-
-    return unit * gamma, grad
-
-  return norm(v, gamma)
 
 
 def lstm_gates(z, c_prev, peepholes=None, cell_clip=None, cell_norm=None):
@@ -339,28 +311,19 @@ class LSTMCell(StatefulCallLayer):
     Returns:
       (input_mask [B, F] or None, recurrent_mask [B, out] or None).
     """
-    def mask(rate, size):
-      if not training or rate == 0.0:
-        return None
-      keep = keras.random.uniform((batch_size, size), seed=self.seed_generator) >= rate
-      return tf.cast(keep, self.compute_dtype) / (1.0 - rate)
-    return mask(self.dropout, self.input_dim), mask(self.recurrent_dropout, self.output_size)
+    return (noise.dropout_mask(self.seed_generator, self.dropout, batch_size, self.input_dim,
+                               self.compute_dtype, training),
+            noise.dropout_mask(self.seed_generator, self.recurrent_dropout, batch_size,
+                               self.output_size, self.compute_dtype, training))
 
   def zoneout_keep(self, shape_prefix, training=False):
     """Zoneout keep factors of c and h: shape_prefix + [size] masks in training, rates in inference.
 
     Returns None when zoneout is off.
     """
-    if self.zoneout_cell == 0.0 and self.zoneout_hidden == 0.0:
-      return None
-    s = self.state_dtype
-
-    def keep(rate, size):
-      if not training:
-        return tf.constant(rate, s)
-      noise = keras.random.uniform(tf.concat([shape_prefix, [size]], 0), seed=self.seed_generator)
-      return tf.cast(noise < rate, s)
-    return keep(self.zoneout_cell, self.units), keep(self.zoneout_hidden, self.output_size)
+    return noise.zoneout_keep(self.seed_generator, (self.zoneout_cell, self.zoneout_hidden),
+                              (self.units, self.output_size), shape_prefix, self.state_dtype,
+                              training)
 
   def get_initial_state(self, batch_size) -> LSTMState:
     """Zero state for `batch_size` rows: LSTMState(h [B, out], c [B, u]) in the state dtype."""
@@ -427,9 +390,11 @@ class LSTMCell(StatefulCallLayer):
     return config
 
 
-CELL_ARGUMENTS = ("use_peepholes", "num_proj", "proj_clip", "cell_clip", "layer_norm",
-                  "layer_norm_epsilon", "unit_forget_bias", "dropout", "recurrent_dropout",
-                  "zoneout_cell", "zoneout_hidden", "kernel_initializer", "recurrent_initializer",
-                  "bias_initializer", "projection_initializer", "peephole_initializer",
-                  "kernel_regularizer", "recurrent_regularizer", "bias_regularizer",
-                  "projection_regularizer", "seed")
+def _keyword_arguments(cls) -> tuple:
+  """The keyword-only constructor arguments of `cls`: what a sequence layer passes to its cell."""
+  return tuple(name for name, p in inspect.signature(cls.__init__).parameters.items()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+# Every `LSTMCell` argument but `units`; `LSTM` and `StackedLSTM` forward these to their cells.
+CELL_ARGUMENTS = _keyword_arguments(LSTMCell)

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tbptt.layers import validation
+from tbptt.layers import dispatch, validation
 from tbptt.layers.base import StatefulCallLayer
 from tbptt.layers.lstm import LSTM
 from tbptt.layers.lstm_cell import CELL_ARGUMENTS
@@ -27,6 +27,7 @@ class StackedLSTM(StatefulCallLayer):
     time_major: Inputs and outputs are [T, B, ...].
     return_sequences: Return every step's output of the top layer; else only its last [B, out].
     return_state: Return `(outputs, states)`; else only outputs.
+    implementation: 'auto', 'fused' or 'loop' for every layer (see `LSTM`).
     **kwargs: `LSTMCell` arguments applied to every layer, and Keras layer arguments.
 
   State: a tuple of `LSTMState`, one per layer, bottom first.
@@ -34,7 +35,8 @@ class StackedLSTM(StatefulCallLayer):
 
   def __init__(self, units: int | Sequence[int], num_layers: int = 1, *,
                dropout_between: float = 0.0, residual: bool = False, time_major: bool = False,
-               return_sequences: bool = True, return_state: bool = True, **kwargs):
+               return_sequences: bool = True, return_state: bool = True,
+               implementation: str = "auto", **kwargs):
     cell_kwargs = {k: kwargs.pop(k) for k in CELL_ARGUMENTS if k in kwargs}
     super().__init__(**kwargs)
     self.supports_masking = True
@@ -52,11 +54,19 @@ class StackedLSTM(StatefulCallLayer):
     self.return_sequences = bool(return_sequences)
     self.return_state = bool(return_state)
     self.cell_kwargs = cell_kwargs
+    self.implementation = dispatch.check_implementation(implementation)
     self.layers_ = [LSTM(u, time_major=self.time_major, return_sequences=True, return_state=True,
-                         dtype=self.dtype_policy, name=f"lstm_{i}", **self._layer_kwargs(i))
+                         implementation=implementation, dtype=self.dtype_policy, name=f"lstm_{i}",
+                         **self._layer_kwargs(i))
                     for i, u in enumerate(self.units)]
     self.dropouts = [keras.layers.Dropout(self.dropout_between, name=f"dropout_{i}")
                      for i in range(self.num_layers - 1)]
+    self.supports_jit = all(layer.supports_jit for layer in self.layers_)
+
+  @property
+  def implementations(self) -> tuple:
+    """What each layer ran in its last call ('fused', 'loop', 'cudnn'; None before one)."""
+    return tuple(layer.resolved_implementation for layer in self.layers_)
 
   def _layer_kwargs(self, i):
     # A shared seed would give every layer the same dropout masks: offset it per layer.
@@ -134,5 +144,5 @@ class StackedLSTM(StatefulCallLayer):
     config.update({"units": list(self.units), "num_layers": self.num_layers,
                    "dropout_between": self.dropout_between, "residual": self.residual,
                    "time_major": self.time_major, "return_sequences": self.return_sequences,
-                   "return_state": self.return_state})
+                   "return_state": self.return_state, "implementation": self.implementation})
     return config

@@ -24,20 +24,29 @@ def test_quick_run_prints_a_table_with_every_candidate(capsys):
   header = next(line for line in out.splitlines() if line.startswith("| shape |"))
   assert len(cells) == header.count("|") - 1
   assert all(float(c) > 0 for c in cells[1:])
-  assert len(re.findall(r"^- (PASS|FAIL) ", out, re.MULTILINE)) == 3
+  # Five per shape; with torch also fused/torch and the geometric mean over the shapes.
+  checks = 7 if bench.torch is not None else 5
+  assert len(re.findall(r"^- (PASS|FAIL) ", out, re.MULTILINE)) == checks
 
 
 def test_targets_pass_and_fail_on_the_ratios():
   shape = bench.Shape(2, 3, 4, 5)
-  good = {shape: {"ours": 10.0, "keras": 10.4, "peephole": 12.9, "layer_norm": 11.0}}
+  fused = {"fused": 5.0, "fused_peephole": 5.2, "fused_layer_norm": 5.5, "torch": 5.0}
+  good = {shape: {"ours": 10.0, "keras": 10.4, "peephole": 12.9, "layer_norm": 11.0, **fused}}
   text, passed = bench.report(good, rounds=3, noise=0.05)
-  assert passed and "FAIL" not in text and "ours/keras = 0.96" in text
-  slow = {shape: {"ours": 10.0, "keras": 9.0, "peephole": 13.5, "layer_norm": 11.0}}
+  assert passed and "FAIL" not in text and "loop/keras = 0.96" in text
+  assert "geometric mean of fused/torch = 1.00" in text
+  slow = {shape: {"ours": 10.0, "keras": 9.0, "peephole": 13.5, "layer_norm": 11.0,
+                  **fused, "fused_peephole": 5.5, "torch": 4.0}}
   text, passed = bench.report(slow, rounds=3, noise=0.05)
   assert not passed
-  assert re.search(r"FAIL .*ours/keras = 1\.11", text)
-  assert re.search(r"FAIL .*peephole/ours = 1\.35", text)
-  assert re.search(r"PASS .*layer norm/ours = 1\.10", text)
+  assert re.search(r"FAIL .*loop/keras = 1\.11", text)
+  assert re.search(r"FAIL .*loop peephole/loop = 1\.35", text)
+  assert re.search(r"PASS .*loop layer norm/loop = 1\.10", text)
+  assert re.search(r"FAIL .*fused peephole/fused = 1\.10", text)
+  assert re.search(r"PASS .*fused layer norm/fused = 1\.10", text)
+  assert re.search(r"FAIL .*fused/torch = 1\.25", text)
+  assert re.search(r"FAIL geometric mean of fused/torch = 1\.25", text)
 
 
 def test_strict_flag_and_shape_sets():

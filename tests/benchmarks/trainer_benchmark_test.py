@@ -34,3 +34,28 @@ def test_targets_pass_and_fail_on_the_ratios():
   assert not passed
   assert "- FAIL trainer / fit = 0.95 >= 1.0" in text
   assert "- FAIL trainer overhead over the bare loop = +11.1% < 5%" in text
+
+
+@pytest.mark.slow
+def test_versus_torch_quick_run_prints_ours_loop_and_torch(capsys):
+  assert bench.main(["--versus_torch", "--quick"]) == 0
+  out = capsys.readouterr().out
+  assert "Trainer against PyTorch, median of 2 interleaved rounds of 20 steps" in out
+  assert "ours ran implementation 'fused'" in out
+  names = ["ours", "ours/loop"] + (["torch"] if bench.torch is not None else [])
+  for name in names:
+    row = next(line for line in out.splitlines() if line.startswith(f"| {name} |"))
+    assert float(row.split("|")[2].replace(",", "")) > 0
+  assert len(re.findall(r"^- (PASS|FAIL) ours / torch", out, re.MULTILINE)) == (
+      bench.torch is not None)
+
+
+def test_versus_torch_target_passes_and_fails_on_the_ratio():
+  shape = bench.Shape(2, 5, 10, 4)
+  text, passed = bench.versus_torch_report({"ours": 1.0, "ours/loop": 2.0, "torch": 1.1}, shape,
+                                           steps=100, rounds=3, implementations="'fused'")
+  assert passed and "- PASS ours / torch tokens/s = 1.10 >= 1.0" in text
+  assert "| ours/loop | 500 | 2.00 |" in text  # 100 steps * 2 * 5 tokens in 2 s
+  text, passed = bench.versus_torch_report({"ours": 1.0, "ours/loop": 2.0, "torch": 0.8}, shape,
+                                           steps=100, rounds=3, implementations="'fused'")
+  assert not passed and "- FAIL ours / torch tokens/s = 0.80 >= 1.0" in text

@@ -3,6 +3,8 @@ step."""
 
 import json
 import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -67,6 +69,20 @@ def test_step_rejects_what_it_cannot_take(exported):
   _, _, loaded = exported
   with pytest.raises((TypeError, ValueError)):
     loaded.step(np.array([["a", "b"]]), loaded.initial_state(1))
+
+
+def test_export_loads_and_runs_in_a_process_without_this_package(exported):
+  # The layers run a C++ op of their own where it is built; an export traces the graph loop.
+  _, path, _ = exported
+  code = ("import sys, tensorflow as tf; m = tf.saved_model.load(sys.argv[1]); "
+          "f = m.signatures['serving_default']; i = m.signatures['initial_state']; "
+          "init = i(batch_size=tf.constant(2)); "
+          "r = f(inputs=tf.constant([[1, 2], [3, 4]], tf.int32), **init); "
+          "assert not [k for k in sys.modules if k.startswith('tbptt')]; print('ok')")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                          env=env, timeout=300, cwd="/")
+  assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 def test_flat_serving_signatures(exported):

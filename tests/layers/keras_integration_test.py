@@ -8,6 +8,9 @@ import tensorflow as tf
 from layer_utils import VARIANTS, copy_cell_weights, randomize_weights
 from tbptt.layers import LSTM, LSTMState, StackedLSTM
 
+# Every test runs on both implementations (tests/layers/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 B, T, F, U = 4, 6, 3, 8
 
 
@@ -66,11 +69,13 @@ def restore_global_policy():
   keras.mixed_precision.set_global_policy(policy)
 
 
+# The kernel computes in one dtype: under a mixed policy 'auto' runs the loop.
+@pytest.mark.expect_implementation("loop")
 @pytest.mark.parametrize("policy, tol", [("mixed_float16", 5e-3), ("mixed_bfloat16", 3e-2)])
 def test_mixed_precision_computes_in_half_and_keeps_state_float32(policy, tol,
                                                                   restore_global_policy):
   x = _normal(2, B, T, F)
-  reference = LSTM(U, **VARIANTS["everything"])
+  reference = LSTM(U, implementation="loop", **VARIANTS["everything"])
   reference(x)
   randomize_weights(reference.cell, seed=3)
   state = LSTMState(tf.constant(_normal(4, B, 3)), tf.constant(_normal(5, B, U)))
@@ -105,10 +110,11 @@ def test_mixed_precision_computes_in_half_and_keeps_state_float32(policy, tol,
   np.testing.assert_allclose(tf.cast(compiled_outputs, tf.float32), expected, rtol=tol, atol=tol)
 
 
+@pytest.mark.expect_implementation("loop")
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
 def test_stateful_layer_under_mixed_precision_keeps_a_float32_state(policy, restore_global_policy):
   x = _normal(6, B, T, F)
-  reference = LSTM(U, stateful=True)
+  reference = LSTM(U, stateful=True, implementation="loop")
   reference(x)
   randomize_weights(reference.cell, seed=7)
   reference.reset_state()

@@ -10,6 +10,9 @@ import tensorflow as tf
 from layer_utils import VARIANTS, randomize_weights
 from tbptt.layers import LSTM, LSTMState
 
+# Every test runs on both implementations (tests/layers/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 B, T, F, U = 2, 3, 2, 3
 
 

@@ -16,6 +16,9 @@ from layer_utils import (VARIANTS, built_lstm, cell_weights, copy_cell_weights, 
                          reference_kwargs)
 from tbptt.layers import LSTM, LSTMState
 
+# Every test runs on both implementations (tests/layers/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 B, T, F, U = 3, 5, 4, 6
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -225,13 +228,16 @@ def test_explicit_initial_state_wins_over_the_kept_state():
   np.testing.assert_allclose(following, expected_following, **TOL)
 
 
+# The kernel has no XLA lowering: under jit_compile=True 'auto' traces the loop.
+@pytest.mark.expect_implementation("loop")
 def test_xla_compiled_equals_eager():
   lstm = lstm_of(**VARIANTS["everything"])
   x, state = _normal(37, B, T, F), _random_state(lstm, 38)
   mask = tf.constant(MASK)
+  expected, expected_final = lstm(x, initial_state=state, mask=mask)  # 'auto' eagerly: fused
   compiled = tf.function(lambda x, s, m: lstm(x, initial_state=s, mask=m), jit_compile=True)
   outputs, final = compiled(tf.constant(x), state, mask)
-  expected, expected_final = lstm(x, initial_state=state, mask=mask)
+  assert lstm.resolved_implementation == "loop"
   np.testing.assert_allclose(outputs, expected, **TOL)
   np.testing.assert_allclose(final.h, expected_final.h, **TOL)
   np.testing.assert_allclose(final.c, expected_final.c, **TOL)

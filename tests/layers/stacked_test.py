@@ -8,6 +8,9 @@ import tensorflow as tf
 from layer_utils import VARIANTS, copy_cell_weights, randomize_weights
 from tbptt.layers import LSTM, LSTMState, StackedLSTM
 
+# Every test runs on both implementations (tests/layers/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 B, T, F = 3, 4, 5
 TOL = dict(rtol=1e-5, atol=1e-5)
 MASK = np.array([[True, True, True, True], [True, False, True, False], [False, True, True, True]])

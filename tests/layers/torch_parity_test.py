@@ -10,6 +10,9 @@ import tensorflow as tf
 from layer_utils import built_lstm
 from tbptt.layers import LSTM, LSTMState
 
+# Every test runs on both implementations (tests/layers/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
+
 torch = pytest.importorskip("torch")
 
 B, T, F, U = 3, 6, 4, 5

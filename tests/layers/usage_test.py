@@ -4,8 +4,12 @@ The code between the markers is the README's (tests/readme_test.py runs the READ
 """
 
 import numpy as np
+import pytest
 
 from tbptt.layers import LSTMState
+
+# Every test runs on both implementations (tests/layers/conftest.py).
+pytestmark = pytest.mark.usefixtures("implementation")
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

@@ -1,0 +1,160 @@
+"""Compiles the package's C++ ops against the installed TensorFlow into a per-user cache.
+
+The library is built from source on first use, never shipped as a binary. Its cache entry is keyed
+by everything that makes a build differ: the TensorFlow version, the source bytes, the compiler (its
+`--version`), the flags and the CPU features the code was compiled for (`-march=native`), so a home
+folder shared by machines with different CPUs never loads code that would die of SIGILL. Two
+processes building at once wait on one lock file and the library appears by an atomic rename.
+"""
+
+import fcntl
+import glob
+import hashlib
+import importlib.metadata
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import tensorflow as tf
+
+# The CPU features that change the code -march=native emits; the cache key includes those present.
+_CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw",
+                 "avx512vl", "avx512cd", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile")
+
+
+class BuildError(RuntimeError):
+  """The compiler is missing or failed; the message names the cause in one line."""
+
+
+def cache_root() -> str:
+  """$TBPTT_KERNEL_CACHE, else $XDG_CACHE_HOME/tbptt/kernels, else ~/.cache/tbptt/kernels."""
+  if os.environ.get("TBPTT_KERNEL_CACHE"):
+    return os.environ["TBPTT_KERNEL_CACHE"]
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "tbptt", "kernels")
+
+
+def cpu_features() -> tuple:
+  """The features from `_CPU_FEATURES` that this CPU has (from /proc/cpuinfo; empty elsewhere)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          present = set(line.split(":", 1)[1].split())
+          return tuple(feature for feature in _CPU_FEATURES if feature in present)
+  except OSError:
+    pass
+  return ()
+
+
+def mkl() -> dict | None:
+  """MKL from the `mkl-devel` package in this Python environment: {'include', 'library',
+  'version'}, or None when it is not installed (the kernel then multiplies with Eigen)."""
+  if os.environ.get("TBPTT_KERNEL_NO_MKL"):
+    return None
+  include = os.path.join(sys.prefix, "include")
+  libraries = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
+  if not libraries or not os.path.exists(os.path.join(include, "mkl_cblas.h")):
+    return None
+  try:
+    version = importlib.metadata.version("mkl")
+  except importlib.metadata.PackageNotFoundError:
+    version = "unknown"
+  return {"include": include, "library": libraries[-1], "version": version}
+
+
+def compile_flags() -> list:
+  """Optimisation, architecture, MKL and TensorFlow's own flags (ABI, C++ standard, Eigen
+  alignment)."""
+  flags = ["-shared", "-fPIC", "-O3", "-DNDEBUG", "-w"]
+  found = mkl()
+  if found:
+    flags += ["-DTBPTT_WITH_MKL", f"-I{found['include']}",
+              f"-DTBPTT_MKL_VERSION={found['version']}"]
+  features = cpu_features()
+  if features:
+    flags.append("-march=native")
+    # The Eigen bundled with TensorFlow does not compile its float16 AVX-512 path with g++ 12.
+    if "avx512_fp16" in features:
+      flags.append("-mno-avx512fp16")
+  return flags + tf.sysconfig.get_compile_flags()
+
+
+def link_flags() -> list:
+  flags = list(tf.sysconfig.get_link_flags())
+  found = mkl()
+  if found:
+    # -Bsymbolic binds our own symbols inside the library; the rpath finds MKL at load time.
+    flags += [found["library"], f"-Wl,-rpath,{os.path.dirname(found['library'])}",
+              "-Wl,-Bsymbolic"]
+  return flags
+
+
+def _compiler() -> list:
+  return shlex.split(os.environ.get("CXX") or "c++")
+
+
+def _compiler_version(cxx: list) -> str:
+  try:
+    result = subprocess.run(cxx + ["--version"], capture_output=True, text=True, timeout=60)
+  except (OSError, subprocess.SubprocessError) as e:
+    raise BuildError(f"compiler {shlex.join(cxx)!r} cannot run: {e}") from None
+  if result.returncode != 0:
+    raise BuildError(f"compiler {shlex.join(cxx)!r} failed on --version "
+                     f"(exit {result.returncode})")
+  return result.stdout.strip()
+
+
+def cache_key(sources: list, cxx: list, version: str) -> str:
+  digest = hashlib.sha256()
+  for part in (tf.__version__, shlex.join(cxx), version, shlex.join(compile_flags()),
+               shlex.join(link_flags()),
+               ",".join(cpu_features()), sys.platform):
+    digest.update(part.encode() + b"\0")
+  for path in sources:
+    with open(path, "rb") as f:
+      digest.update(f.read() + b"\0")
+  return digest.hexdigest()[:24]
+
+
+def build(name: str, sources: list, cache_dir: str | None = None) -> str:
+  """Returns the path of the compiled library `name`, building it if the cache has none.
+
+  Args:
+    name: Library name (the file is `<name>-<key>.so`).
+    sources: Paths of the C++ sources.
+    cache_dir: Where libraries are kept; `cache_root()` by default.
+
+  Raises:
+    BuildError: the compiler is missing or fails (the message is one line).
+  """
+  cache_dir = cache_dir or cache_root()
+  cxx = _compiler()
+  key = cache_key(sources, cxx, _compiler_version(cxx))
+  target = os.path.join(cache_dir, f"{name}-{key}.so")
+  if os.path.exists(target):
+    return target
+  os.makedirs(cache_dir, exist_ok=True)
+  with open(os.path.join(cache_dir, f"{name}-{key}.lock"), "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a second builder waits here, then finds the library
+    if os.path.exists(target):
+      return target
+    fd, tmp = tempfile.mkstemp(prefix=f"{name}-{key}.", suffix=".tmp", dir=cache_dir)
+    os.close(fd)
+    command = cxx + compile_flags() + list(sources) + ["-o", tmp] + link_flags()
+    try:
+      result = subprocess.run(command, capture_output=True, text=True)
+      if result.returncode != 0:
+        errors = [line for line in result.stderr.splitlines() if "error" in line]
+        detail = (errors or result.stderr.strip().splitlines() or ["no output"])[0]
+        raise BuildError(f"{shlex.join(cxx)} exited {result.returncode}: {detail[:300]}")
+      os.chmod(tmp, 0o755)
+      os.replace(tmp, target)
+    except OSError as e:
+      raise BuildError(f"compiler {shlex.join(cxx)!r} cannot run: {e}") from None
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+  return target

@@ -1,0 +1,625 @@
+// Fused LSTM: one op runs the whole time loop forward, one op runs it backward.
+//
+// The input projection of every step (x K + b, with the input layer norm) is computed before the
+// forward op in one matmul, so the op sees z_x [T, B, 4u]. The backward op returns the gradient of
+// that projection and of the initial state, plus the per-step gradients that the weight gradients
+// need (dR = sum_t h_in(t-1)^T dz_rec(t), dP = sum_t m(t)^T dh_proj(t)), so those are large matmuls
+// after the op instead of T small ones inside it. The gate equations are those of lstm_gates() in
+// lstm_cell.py (Keras gate order i, f, c, o):
+//
+//   h_in = h(t-1) * recurrent_mask            r = h_in R          (r = LN(r) with layer norm)
+//   z = z_x(t) + r;  z_i += p_i c(t-1);  z_f += p_f c(t-1)
+//   c = clip(sigmoid(z_f) c(t-1) + sigmoid(z_i) tanh(z_c), +-cell_clip)
+//   z_o += p_o c;   m = sigmoid(z_o) tanh(LN(c))                  (LN only with layer norm)
+//   h = clip(m P, +-proj_clip)                                    (only with a projection)
+//   zoneout: c = k_c c(t-1) + (1 - k_c) c,  h = k_h h(t-1) + (1 - k_h) h
+//   mask:    a masked row keeps (h(t-1), c(t-1)).
+//
+// A variant is on when its input is non-empty (peepholes [3, u], projection [u, p], layer-norm gains
+// [4u] and [u], mask [T, B], recurrent_mask [B, out], zoneout [T, B, u] and [T, B, out]).
+// Everything but the matrix products runs on the op's thread in a fixed order, and the products
+// are reproducible at a fixed thread count, so results are deterministic for a fixed intra-op
+// thread count.
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "unsupported/Eigen/CXX11/Tensor"
+#ifdef TBPTT_WITH_MKL
+#include <mkl_cblas.h>
+#include <mkl_service.h>
+#endif
+
+namespace tbptt {
+
+using tensorflow::DEVICE_CPU;
+using tensorflow::OpKernel;
+using tensorflow::OpKernelConstruction;
+using tensorflow::OpKernelContext;
+using tensorflow::Status;
+using tensorflow::Tensor;
+using tensorflow::TensorShape;
+using tensorflow::shape_inference::InferenceContext;
+using tensorflow::shape_inference::ShapeHandle;
+
+// How the per-step matrix products run: Eigen's matrix product on the op's thread, or MKL's
+// sgemm / dgemm (3x faster at these shapes in benchmarks/lstm_kernel_spike.py) when the library
+// was built with it (TBPTT_WITH_MKL, set by build.py when the `mkl-devel` package is installed).
+enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };
+
+#ifdef TBPTT_WITH_MKL
+constexpr bool kHaveMkl = true;
+
+// MKL runs on the calling thread: its OpenMP threads gained nothing at [20, 650] x [650, 2600],
+// and next to TensorFlow's and PyTorch's own pools on two cores their spinning made the whole
+// training step up to twice slower. Sequential, MKL also picks the same code path (and so the
+// same rounding) in every run on a given CPU: the kernel's results are bitwise reproducible.
+const int kMklSequential = mkl_set_threading_layer(MKL_THREADING_SEQUENTIAL);
+const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
+
+inline void MklGemm(const float* a, const float* b, float* out, int m, int k, int n,
+                    bool transpose_b, float beta) {
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
+              a, k, b, transpose_b ? k : n, beta, out, n);
+}
+inline void MklGemm(const double* a, const double* b, double* out, int m, int k, int n,
+                    bool transpose_b, double beta) {
+  cblas_dgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0,
+              a, k, b, transpose_b ? k : n, beta, out, n);
+}
+#else
+constexpr bool kHaveMkl = false;
+#endif
+
+// out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); all row-major, contiguous.
+template <typename T>
+void Gemm(OpKernelContext* ctx, int mode, const T* a, const T* b, T* out, int m, int k, int n,
+          bool transpose_b, bool accumulate) {
+#ifdef TBPTT_WITH_MKL
+  if (mode == kGemmMkl) {
+    MklGemm(a, b, out, m, k, n, transpose_b, accumulate ? T(1) : T(0));
+    return;
+  }
+#endif
+  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<const Matrix> ma(a, m, k);
+  Eigen::Map<Matrix> mo(out, m, n);
+  if (transpose_b) {
+    Eigen::Map<const Matrix> mb(b, n, k);
+    if (accumulate) mo.noalias() += ma * mb.transpose(); else mo.noalias() = ma * mb.transpose();
+  } else {
+    Eigen::Map<const Matrix> mb(b, k, n);
+    if (accumulate) mo.noalias() += ma * mb; else mo.noalias() = ma * mb;
+  }
+}
+
+template <typename T>
+using Array = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
+
+// Layer norm of one row v[n] in place to v_hat (zero mean, unit variance); returns 1/std. The sums
+// are vectorised and accumulated in double: float32 rounding in them would show in the gradients.
+template <typename T>
+inline T NormalizeRow(T* v, int n, T epsilon) {
+  Eigen::Map<RowArray<T>> a(v, n);
+  const double mean = a.template cast<double>().sum() / n;
+  a -= T(mean);
+  const double var = a.template cast<double>().square().sum() / n;
+  const T inv_std = T(1.0 / std::sqrt(var + double(epsilon)));
+  a *= inv_std;
+  return inv_std;
+}
+
+// Gradient of y = gamma * v_hat (+ beta) for one row: dv from dy (dv may be dy); accumulates
+// dgamma (and dbeta).
+template <typename T>
+inline void NormalizeRowGrad(const T* dy, const T* v_hat, T inv_std, const T* gamma, int n, T* dv,
+                             T* dgamma, T* dbeta, T* scratch) {
+  Eigen::Map<const RowArray<T>> d(dy, n), vh(v_hat, n), g(gamma, n);
+  Eigen::Map<RowArray<T>> dg(scratch, n);  // d(v_hat)
+  dg = d * g;
+  const double mean_d = dg.template cast<double>().sum() / n;
+  const double mean_dv = (dg * vh).template cast<double>().sum() / n;
+  Eigen::Map<RowArray<T>>(dgamma, n) += d * vh;
+  if (dbeta != nullptr) Eigen::Map<RowArray<T>>(dbeta, n) += d;
+  Eigen::Map<RowArray<T>>(dv, n) = inv_std * (dg - T(mean_d) - vh * T(mean_dv));
+}
+
+// The sizes of one call, read from the forward op's inputs.
+struct Dims {
+  int steps, batch, units, out;
+  bool peepholes, projection, layer_norm, mask, recurrent_mask, zoneout, input_norm;
+};
+
+Status ReadDims(OpKernelContext* ctx, Dims* d) {
+  const Tensor& xz = ctx->input(0);
+  const Tensor& h0 = ctx->input(1);
+  const Tensor& c0 = ctx->input(2);
+  if (xz.dims() != 3 || xz.dim_size(2) % 4 != 0) {
+    return tensorflow::errors::InvalidArgument("xz must be [T, B, 4u], got ",
+                                               xz.shape().DebugString());
+  }
+  d->steps = xz.dim_size(0);
+  d->batch = xz.dim_size(1);
+  d->units = xz.dim_size(2) / 4;
+  d->out = h0.dims() == 2 ? h0.dim_size(1) : -1;
+  if (h0.dims() != 2 || h0.dim_size(0) != d->batch || c0.dims() != 2 ||
+      c0.dim_size(0) != d->batch || c0.dim_size(1) != d->units) {
+    return tensorflow::errors::InvalidArgument("h0 must be [B, out] and c0 [B, u], got ",
+                                               h0.shape().DebugString(), " and ",
+                                               c0.shape().DebugString());
+  }
+  const Tensor& r = ctx->input(3);
+  if (r.dims() != 2 || r.dim_size(0) != d->out || r.dim_size(1) != 4 * d->units) {
+    return tensorflow::errors::InvalidArgument("recurrent_kernel must be [out, 4u], got ",
+                                               r.shape().DebugString());
+  }
+  d->peepholes = ctx->input(4).NumElements() > 0;
+  d->projection = ctx->input(5).NumElements() > 0;
+  d->layer_norm = ctx->input(6).NumElements() > 0;
+  d->mask = ctx->input(9).NumElements() > 0;
+  d->recurrent_mask = ctx->input(10).NumElements() > 0;
+  d->zoneout = ctx->input(11).NumElements() > 0;
+  const int64_t tb = int64_t(d->steps) * d->batch;
+  auto expect = [&](int i, bool on, int64_t n, const char* name) -> Status {
+    if (on && ctx->input(i).NumElements() != n) {
+      return tensorflow::errors::InvalidArgument(name, " has ", ctx->input(i).NumElements(),
+                                                 " elements, expected ", n);
+    }
+    return Status();
+  };
+  TF_RETURN_IF_ERROR(expect(4, d->peepholes, 3 * d->units, "peepholes"));
+  TF_RETURN_IF_ERROR(expect(5, d->projection, int64_t(d->units) * d->out, "projection"));
+  TF_RETURN_IF_ERROR(expect(6, d->layer_norm, 4 * d->units, "recurrent_gamma"));
+  TF_RETURN_IF_ERROR(expect(7, d->layer_norm, d->units, "cell_gamma"));
+  TF_RETURN_IF_ERROR(expect(8, d->layer_norm, d->units, "cell_beta"));
+  TF_RETURN_IF_ERROR(expect(9, d->mask, tb, "mask"));
+  TF_RETURN_IF_ERROR(expect(10, d->recurrent_mask, int64_t(d->batch) * d->out, "recurrent_mask"));
+  TF_RETURN_IF_ERROR(expect(11, d->zoneout, tb * d->units, "zoneout_c"));
+  TF_RETURN_IF_ERROR(expect(12, d->zoneout, tb * d->out, "zoneout_h"));
+  // With input_gamma, xz is x K before its layer norm, and the kernel adds the norm and the bias.
+  d->input_norm = ctx->input(14).NumElements() > 0;
+  TF_RETURN_IF_ERROR(expect(14, d->input_norm, 4 * d->units, "input_gamma"));
+  TF_RETURN_IF_ERROR(expect(15, d->input_norm, 4 * d->units, "bias"));
+  if (!d->projection && d->out != d->units) {
+    return tensorflow::errors::InvalidArgument("without a projection h0 must be [B, u]");
+  }
+  return Status();
+}
+
+#define TBPTT_LSTM_INPUTS                                                                      \
+  Input("xz: T")                                                                               \
+      .Input("h0: T")                                                                          \
+      .Input("c0: T")                                                                          \
+      .Input("recurrent_kernel: T")                                                            \
+      .Input("peepholes: T")                                                                   \
+      .Input("projection: T")                                                                  \
+      .Input("recurrent_gamma: T")                                                             \
+      .Input("cell_gamma: T")                                                                  \
+      .Input("cell_beta: T")                                                                   \
+      .Input("mask: T")                                                                        \
+      .Input("recurrent_mask: T")                                                              \
+      .Input("zoneout_c: T")                                                                   \
+      .Input("zoneout_h: T")                                                                   \
+      .Input("settings: T")                                                                    \
+      .Input("input_gamma: T")                                                                 \
+      .Input("bias: T")                                                                        \
+      .Attr("T: {float, double}")                                                              \
+      .Attr("gemm: int = -1")
+
+REGISTER_OP("TbpttLstmForward")
+    .TBPTT_LSTM_INPUTS
+    .Output("h: T")              // [T, B, out] the carried h after every step
+    .Output("c: T")              // [T, B, u] the carried c after every step
+    .Output("gates: T")          // [T, B, 4u] sigmoid(z_i), sigmoid(z_f), tanh(z_c), sigmoid(z_o)
+    .Output("cell_raw: T")       // [T, B, u] c before the clip (with cell_clip; else empty)
+    .Output("recurrent_raw: T")  // [T, B, 4u] h_in R before its norm (layer norm; else empty)
+    .Output("unprojected: T")    // [T, B, u] m (projection; else empty)
+    .Output("projected_raw: T")  // [T, B, p] m P before the clip (proj_clip; else empty)
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle xz = c->input(0);
+      TF_RETURN_IF_ERROR(c->WithRank(xz, 3, &xz));
+      auto steps = c->Dim(xz, 0), batch = c->Dim(xz, 1), four_u = c->Dim(xz, 2);
+      auto out = c->Dim(c->input(1), 1), units = c->Dim(c->input(2), 1);
+      c->set_output(0, c->MakeShape({steps, batch, out}));
+      c->set_output(1, c->MakeShape({steps, batch, units}));
+      c->set_output(2, c->MakeShape({steps, batch, four_u}));
+      for (int i = 3; i < 7; ++i) c->set_output(i, c->UnknownShape());
+      return Status();
+    });
+
+REGISTER_OP("TbpttLstmBackward")
+    .TBPTT_LSTM_INPUTS
+    .Input("h: T")
+    .Input("c: T")
+    .Input("gates: T")
+    .Input("cell_raw: T")
+    .Input("recurrent_raw: T")
+    .Input("unprojected: T")
+    .Input("projected_raw: T")
+    .Input("dh: T")  // [T, B, out] gradient arriving at h of every step
+    .Input("dc: T")  // [T, B, u]
+    .Output("dxz: T")              // [T, B, 4u] gradient of the input projection (= dz)
+    .Output("dh0: T")              // [B, out]
+    .Output("dc0: T")              // [B, u]
+    .Output("dpeepholes: T")       // [3, u] (or empty)
+    .Output("drecurrent_raw: T")   // [T, B, 4u] gradient of h_in R (layer norm; else empty: = dxz)
+    .Output("drecurrent_gamma: T") // [4u] (or empty)
+    .Output("dcell_gamma: T")      // [u] (or empty)
+    .Output("dcell_beta: T")       // [u] (or empty)
+    .Output("dprojected: T")       // [T, B, p] gradient of m P after the clip mask (or empty)
+    .Output("dinput_gamma: T")     // [4u] (input layer norm; else empty)
+    .Output("dbias: T")            // [4u] (input layer norm; else empty)
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(0));
+      c->set_output(1, c->input(1));
+      c->set_output(2, c->input(2));
+      for (int i = 3; i < 11; ++i) c->set_output(i, c->UnknownShape());
+      return Status();
+    });
+
+template <typename T>
+class LstmForwardOp : public OpKernel {
+  using Block = Eigen::Map<Array<T>>;
+  using ConstBlock = Eigen::Map<const Array<T>>;
+  using ConstRow = Eigen::Map<const RowArray<T>>;
+
+ public:
+  explicit LstmForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
+    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
+    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
+                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    Dims d;
+    OP_REQUIRES_OK(ctx, ReadDims(ctx, &d));
+    const int S = d.steps, B = d.batch, U = d.units, O = d.out, G = 4 * U;
+    // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
+    // that the float64 kernel clips at exactly the float64 value.
+    OP_REQUIRES(ctx, ctx->input(13).NumElements() == 3,
+                tensorflow::errors::InvalidArgument("settings must have 3 elements"));
+    const T* settings = ctx->input(13).flat<T>().data();
+    const T cclip = settings[0], pclip = settings[1], eps = settings[2];
+    const bool clip_c = cclip > 0, clip_p = d.projection && pclip > 0;
+    auto alloc = [&](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
+      Tensor* t = nullptr;
+      TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
+      *ptr = t->flat<T>().data();
+    };
+    T *h_all, *c_all, *gates, *cell_raw, *rec_raw, *unproj, *proj_raw;
+    alloc(0, true, {S, B, O}, &h_all);
+    alloc(1, true, {S, B, U}, &c_all);
+    alloc(2, true, {S, B, G}, &gates);
+    alloc(3, clip_c, {S, B, U}, &cell_raw);
+    alloc(4, d.layer_norm, {S, B, G}, &rec_raw);
+    alloc(5, d.projection, {S, B, U}, &unproj);
+    alloc(6, clip_p, {S, B, O}, &proj_raw);
+    if (!ctx->status().ok() || S == 0) return;
+
+    const T* xz = ctx->input(0).flat<T>().data();
+    const T* h0 = ctx->input(1).flat<T>().data();
+    const T* c0 = ctx->input(2).flat<T>().data();
+    const T* rk = ctx->input(3).flat<T>().data();
+    const T* peep = ctx->input(4).flat<T>().data();
+    const T* proj = ctx->input(5).flat<T>().data();
+    const T* rgamma = ctx->input(6).flat<T>().data();
+    const T* cgamma = ctx->input(7).flat<T>().data();
+    const T* cbeta = ctx->input(8).flat<T>().data();
+    const T* mask = ctx->input(9).flat<T>().data();
+    const T* rmask = ctx->input(10).flat<T>().data();
+    const T* zc = ctx->input(11).flat<T>().data();
+    const T* zh = ctx->input(12).flat<T>().data();
+
+    // Whole [B, n] blocks go through Eigen's array expressions, which vectorise the sigmoid and
+    // tanh; a scalar loop over std::exp and std::tanh costs more than the matrix product here.
+    std::vector<T> h_in(d.recurrent_mask ? B * O : 0), rec(B * G), m(d.projection ? B * U : 0),
+        cn(B * U), xn_buf(d.input_norm ? B * G : 0);
+    const T* in_gamma = ctx->input(14).flat<T>().data();
+    const T* bias = ctx->input(15).flat<T>().data();
+    ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), rg(rgamma, G), cg(cgamma, U),
+        cb(cbeta, U);
+    for (int t = 0; t < S; ++t) {
+      const T* h_prev = t == 0 ? h0 : h_all + int64_t(t - 1) * B * O;
+      const T* c_prev = t == 0 ? c0 : c_all + int64_t(t - 1) * B * U;
+      const T* lhs = h_prev;
+      if (d.recurrent_mask) {
+        for (int k = 0; k < B * O; ++k) h_in[k] = h_prev[k] * rmask[k];
+        lhs = h_in.data();
+      }
+      Gemm<T>(ctx, gemm_, lhs, rk, rec.data(), B, O, G, false, false);
+      const int64_t row0 = int64_t(t) * B;
+      Block r(rec.data(), B, G);
+      if (d.layer_norm) {
+        std::copy(rec.begin(), rec.end(), rec_raw + row0 * G);
+        for (int b = 0; b < B; ++b) NormalizeRow(rec.data() + int64_t(b) * G, G, eps);
+        r.rowwise() *= rg;
+      }
+      Block gt(gates + row0 * G, B, G);
+      if (d.input_norm) {
+        Block xn(xn_buf.data(), B, G);
+        xn = ConstBlock(xz + row0 * G, B, G);
+        for (int b = 0; b < B; ++b) NormalizeRow(xn_buf.data() + int64_t(b) * G, G, eps);
+        gt = (xn.rowwise() * ConstRow(in_gamma, G)).rowwise() + ConstRow(bias, G) + r;
+      } else {
+        gt = ConstBlock(xz + row0 * G, B, G) + r;
+      }
+      ConstBlock cp(c_prev, B, U);
+      if (d.peepholes) {
+        gt.leftCols(U) += cp.rowwise() * pi;
+        gt.middleCols(U, U) += cp.rowwise() * pf;
+      }
+      gt.leftCols(2 * U) = gt.leftCols(2 * U).logistic();
+      gt.middleCols(2 * U, U) = gt.middleCols(2 * U, U).tanh();
+      Block c(c_all + row0 * U, B, U);
+      c = gt.middleCols(U, U) * cp + gt.leftCols(U) * gt.middleCols(2 * U, U);
+      if (clip_c) {
+        Block(cell_raw + row0 * U, B, U) = c;
+        c = c.max(-cclip).min(cclip);
+      }
+      if (d.peepholes) gt.rightCols(U) += c.rowwise() * po;
+      gt.rightCols(U) = gt.rightCols(U).logistic();
+      Block cnb(cn.data(), B, U);
+      cnb = c;
+      if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) NormalizeRow(cn.data() + int64_t(b) * U, U, eps);
+        cnb.rowwise() *= cg;
+        cnb.rowwise() += cb;
+      }
+      Block(d.projection ? m.data() : h_all + row0 * O, B, U) = gt.rightCols(U) * cnb.tanh();
+      T* h = h_all + row0 * O;
+      if (d.projection) {
+        std::copy(m.begin(), m.end(), unproj + row0 * U);
+        Gemm<T>(ctx, gemm_, m.data(), proj, h, B, U, O, false, false);
+        if (clip_p) {
+          std::copy(h, h + B * O, proj_raw + row0 * O);
+          for (int k = 0; k < B * O; ++k) h[k] = std::min(std::max(h[k], -pclip), pclip);
+        }
+      }
+      // Zoneout, then the mask: both mix the new state with the previous one.
+      T* cs = c_all + row0 * U;
+      if (d.zoneout) {
+        const T* kc = zc + row0 * U;
+        const T* kh = zh + row0 * O;
+        for (int k = 0; k < B * U; ++k) cs[k] = kc[k] * c_prev[k] + (T(1) - kc[k]) * cs[k];
+        for (int k = 0; k < B * O; ++k) h[k] = kh[k] * h_prev[k] + (T(1) - kh[k]) * h[k];
+      }
+      if (d.mask) {
+        for (int b = 0; b < B; ++b) {
+          if (mask[row0 + b] != T(0)) continue;
+          std::copy(c_prev + int64_t(b) * U, c_prev + int64_t(b + 1) * U, cs + int64_t(b) * U);
+          std::copy(h_prev + int64_t(b) * O, h_prev + int64_t(b + 1) * O, h + int64_t(b) * O);
+        }
+      }
+    }
+  }
+
+ private:
+  int gemm_;
+};
+
+template <typename T>
+class LstmBackwardOp : public OpKernel {
+  using Block = Eigen::Map<Array<T>>;
+  using ConstBlock = Eigen::Map<const Array<T>>;
+  using ConstRow = Eigen::Map<const RowArray<T>>;
+
+ public:
+  explicit LstmBackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
+    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
+    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
+                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    Dims d;
+    OP_REQUIRES_OK(ctx, ReadDims(ctx, &d));
+    const int S = d.steps, B = d.batch, U = d.units, O = d.out, G = 4 * U;
+    // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
+    // that the float64 kernel clips at exactly the float64 value.
+    OP_REQUIRES(ctx, ctx->input(13).NumElements() == 3,
+                tensorflow::errors::InvalidArgument("settings must have 3 elements"));
+    const T* settings = ctx->input(13).flat<T>().data();
+    const T cclip = settings[0], pclip = settings[1], eps = settings[2];
+    const bool clip_c = cclip > 0, clip_p = d.projection && pclip > 0;
+    auto alloc = [&](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
+      Tensor* t = nullptr;
+      TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
+      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
+      *ptr = t->flat<T>().data();
+    };
+    T *dxz, *dh0, *dc0, *dpeep, *drec, *drgamma, *dcgamma, *dcbeta, *dproj, *dingamma, *dbias;
+    alloc(0, true, {S, B, G}, &dxz);
+    alloc(1, true, {B, O}, &dh0);
+    alloc(2, true, {B, U}, &dc0);
+    alloc(3, d.peepholes, {3, U}, &dpeep);
+    alloc(4, d.layer_norm, {S, B, G}, &drec);
+    alloc(5, d.layer_norm, {G}, &drgamma);
+    alloc(6, d.layer_norm, {U}, &dcgamma);
+    alloc(7, d.layer_norm, {U}, &dcbeta);
+    alloc(8, d.projection, {S, B, O}, &dproj);
+    alloc(9, d.input_norm, {G}, &dingamma);
+    alloc(10, d.input_norm, {G}, &dbias);
+    if (!ctx->status().ok()) return;
+    const T* xz = ctx->input(0).flat<T>().data();
+    const T* in_gamma = ctx->input(14).flat<T>().data();
+    if (d.input_norm) {
+      std::fill(dingamma, dingamma + G, T(0));
+      std::fill(dbias, dbias + G, T(0));
+    }
+
+    const T* h0 = ctx->input(1).flat<T>().data();
+    const T* c0 = ctx->input(2).flat<T>().data();
+    const T* rk = ctx->input(3).flat<T>().data();
+    const T* peep = ctx->input(4).flat<T>().data();
+    const T* proj = ctx->input(5).flat<T>().data();
+    const T* rgamma = ctx->input(6).flat<T>().data();
+    const T* cgamma = ctx->input(7).flat<T>().data();
+    const T* cbeta = ctx->input(8).flat<T>().data();
+    const T* mask = ctx->input(9).flat<T>().data();
+    const T* rmask = ctx->input(10).flat<T>().data();
+    const T* zc = ctx->input(11).flat<T>().data();
+    const T* zh = ctx->input(12).flat<T>().data();
+    const T* h_all = ctx->input(16).flat<T>().data();
+    const T* c_all = ctx->input(17).flat<T>().data();
+    const T* gates = ctx->input(18).flat<T>().data();
+    const T* cell_raw = ctx->input(19).flat<T>().data();
+    const T* rec_raw = ctx->input(20).flat<T>().data();
+    const T* proj_raw = ctx->input(22).flat<T>().data();
+    const T* dh_in = ctx->input(23).flat<T>().data();
+    const T* dc_in = ctx->input(24).flat<T>().data();
+
+    std::fill(dh0, dh0 + B * O, T(0));
+    std::fill(dc0, dc0 + B * U, T(0));
+    if (d.peepholes) std::fill(dpeep, dpeep + 3 * U, T(0));
+    if (d.layer_norm) {
+      std::fill(drgamma, drgamma + G, T(0));
+      std::fill(dcgamma, dcgamma + U, T(0));
+      std::fill(dcbeta, dcbeta + U, T(0));
+    }
+    // dh0 / dc0 carry the gradient of the state after step t while walking back in time.
+    T* dh = dh0;
+    T* dc = dc0;
+    std::vector<T> dh_new(B * O), dc_new(B * U), dm(d.projection ? B * U : 0), cs(B * U),
+        cn(B * U), tc(B * U), dcn(B * U), inv_std(B), scratch(G), v_hat(G), dh_rec(B * O);
+    ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), cg(cgamma, U), cb(cbeta, U);
+    for (int t = S - 1; t >= 0; --t) {
+      const int64_t row0 = int64_t(t) * B;
+      const T* c_prev = t == 0 ? c0 : c_all + (row0 - B) * U;
+      for (int k = 0; k < B * O; ++k) dh[k] += dh_in[row0 * O + k];
+      for (int k = 0; k < B * U; ++k) dc[k] += dc_in[row0 * U + k];
+      // Mask and zoneout: split the state's gradient into the new step's part and the carried
+      // part, which stays in dh / dc for step t-1.
+      for (int b = 0; b < B; ++b) {
+        const bool on = !d.mask || mask[row0 + b] != T(0);
+        for (int j = 0; j < O; ++j) {
+          const int k = b * O + j;
+          if (!on) {
+            dh_new[k] = 0;
+            continue;
+          }
+          const T kh = d.zoneout ? zh[row0 * O + k] : T(0);
+          dh_new[k] = (T(1) - kh) * dh[k];
+          dh[k] *= kh;
+        }
+        for (int j = 0; j < U; ++j) {
+          const int k = b * U + j;
+          if (!on) {
+            dc_new[k] = 0;
+            continue;
+          }
+          const T kc = d.zoneout ? zc[row0 * U + k] : T(0);
+          dc_new[k] = (T(1) - kc) * dc[k];
+          dc[k] *= kc;
+        }
+      }
+      const T* dmo = dh_new.data();
+      if (d.projection) {
+        T* dp = dproj + row0 * O;
+        for (int k = 0; k < B * O; ++k) {
+          const bool pass = !clip_p || std::abs(proj_raw[row0 * O + k]) <= pclip;
+          dp[k] = pass ? dh_new[k] : T(0);
+        }
+        Gemm<T>(ctx, gemm_, dp, proj, dm.data(), B, O, U, true, false);
+        dmo = dm.data();
+      }
+      // The step's c (before zoneout and the mask) from the gates, or from cell_raw with a clip.
+      ConstBlock gt(gates + row0 * G, B, G);
+      ConstBlock cp(c_prev, B, U);
+      Block c(cs.data(), B, U);
+      if (clip_c) {
+        c = ConstBlock(cell_raw + row0 * U, B, U).max(-cclip).min(cclip);
+      } else {
+        c = gt.middleCols(U, U) * cp + gt.leftCols(U) * gt.middleCols(2 * U, U);
+      }
+      Block c_hat(cn.data(), B, U);
+      c_hat = c;
+      Block t_c(tc.data(), B, U);
+      if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) inv_std[b] = NormalizeRow(cn.data() + int64_t(b) * U, U, eps);
+        t_c = ((c_hat.rowwise() * cg).rowwise() + cb).tanh();
+      } else {
+        t_c = c_hat.tanh();
+      }
+      ConstBlock dmb(dmo, B, U);
+      const auto o = gt.rightCols(U);
+      Block dz(dxz + row0 * G, B, G);
+      dz.rightCols(U) = dmb * t_c * o * (T(1) - o);
+      Block dcnb(dcn.data(), B, U);
+      dcnb = dmb * o * (T(1) - t_c * t_c);
+      if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) {
+          const int64_t k = int64_t(b) * U;
+          NormalizeRowGrad(dcn.data() + k, cn.data() + k, inv_std[b], cgamma, U, dcn.data() + k,
+                           dcgamma, dcbeta, scratch.data());
+        }
+      }
+      // dcnb becomes the gradient of the step's c, then of c before the clip.
+      dcnb += Block(dc_new.data(), B, U);
+      if (d.peepholes) {
+        dcnb += dz.rightCols(U).rowwise() * po;
+        Eigen::Map<RowArray<T>>(dpeep + 2 * U, U) += (dz.rightCols(U) * c).colwise().sum();
+      }
+      if (clip_c) {
+        dcnb = (ConstBlock(cell_raw + row0 * U, B, U).abs() > cclip).select(T(0), dcnb);
+      }
+      const auto i = gt.leftCols(U);
+      const auto f = gt.middleCols(U, U);
+      const auto g = gt.middleCols(2 * U, U);
+      dz.leftCols(U) = dcnb * g * i * (T(1) - i);
+      dz.middleCols(U, U) = dcnb * cp * f * (T(1) - f);
+      dz.middleCols(2 * U, U) = dcnb * i * (T(1) - g * g);
+      Block dcp(dc, B, U);
+      dcp += dcnb * f;
+      if (d.peepholes) {
+        dcp += dz.leftCols(U).rowwise() * pi + dz.middleCols(U, U).rowwise() * pf;
+        Eigen::Map<RowArray<T>>(dpeep, U) += (dz.leftCols(U) * cp).colwise().sum();
+        Eigen::Map<RowArray<T>>(dpeep + U, U) += (dz.middleCols(U, U) * cp).colwise().sum();
+      }
+      if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) {
+          const int64_t row = row0 + b;
+          std::copy(rec_raw + row * G, rec_raw + (row + 1) * G, v_hat.data());
+          const T inv = NormalizeRow(v_hat.data(), G, eps);
+          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, rgamma, G, drec + row * G, drgamma,
+                           static_cast<T*>(nullptr), scratch.data());
+        }
+      }
+      const T* drow = d.layer_norm ? drec + row0 * G : dxz + row0 * G;
+      Gemm<T>(ctx, gemm_, drow, rk, dh_rec.data(), B, G, O, true, false);
+      if (d.input_norm) {  // dz -> the gradient of x K before its norm (after dz's last use)
+        for (int b = 0; b < B; ++b) {
+          const int64_t row = row0 + b;
+          std::copy(xz + row * G, xz + (row + 1) * G, v_hat.data());
+          const T inv = NormalizeRow(v_hat.data(), G, eps);
+          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, in_gamma, G, dxz + row * G, dingamma,
+                           dbias, scratch.data());
+        }
+      }
+      for (int k = 0; k < B * O; ++k) {
+        dh[k] += d.recurrent_mask ? dh_rec[k] * rmask[k] : dh_rec[k];
+      }
+    }
+  }
+
+ private:
+  int gemm_;
+};
+
+#define TBPTT_REGISTER(T)                                                                   \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<T>("T"), LstmForwardOp<T>); \
+  REGISTER_KERNEL_BUILDER(                                                                  \
+      Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<T>("T"), LstmBackwardOp<T>);
+TBPTT_REGISTER(float)
+TBPTT_REGISTER(double)
+
+}  // namespace tbptt
