@@ -267,10 +267,13 @@ class Checkpointer:
       # Relative names, as the manager writes them, so model_dir can be moved.
       timestamps = [t for _, t in kept]
       names = [os.path.relpath(p, directory) for p, _ in kept]
-      tf.compat.v1.train.update_checkpoint_state(
-          directory, names[-1], all_model_checkpoint_paths=names,
-          all_model_checkpoint_timestamps=None if None in timestamps else timestamps,
-          last_preserved_timestamp=state.last_preserved_timestamp)
+      # Deprecated in favour of CheckpointManager, which cannot drop a checkpoint from its list
+      # before deleting the files: its warning would only be noise on the console.
+      with _quiet_tensorflow(logging.ERROR):
+        tf.compat.v1.train.update_checkpoint_state(
+            directory, names[-1], all_model_checkpoint_paths=names,
+            all_model_checkpoint_timestamps=None if None in timestamps else timestamps,
+            last_preserved_timestamp=state.last_preserved_timestamp)
     else:
       state_file = os.path.join(directory, "checkpoint")
       if tf.io.gfile.exists(state_file):
@@ -285,14 +288,14 @@ _log = logging.getLogger("tbptt.trainer")
 
 
 @contextlib.contextmanager
-def _quiet_tensorflow():
+def _quiet_tensorflow(minimum: int = logging.WARNING):
   """TensorFlow logs at INFO on every save (e.g. 'Sharding callback duration', through absl's
-  logger): keep those out of the console unless the `tbptt` logger is at DEBUG."""
+  logger): keep what is below `minimum` out of the console unless the `tbptt` logger is at DEBUG."""
   loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
   levels = [logger.level for logger in loggers]
   if not logging.getLogger("tbptt").isEnabledFor(logging.DEBUG):
     for logger, level in zip(loggers, levels):
-      logger.setLevel(max(level, logging.WARNING))
+      logger.setLevel(max(level, minimum))
   try:
     yield
   finally:

@@ -1,5 +1,6 @@
 """Checkpoint files, retention, the best checkpoint, misfits and interrupted saves."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
+from tensorflow.python.util import deprecation
 
 from file_digest import digest
 from tbptt.trainer.checkpointing import Checkpointer, is_complete
@@ -37,6 +39,19 @@ def test_save_names_files_by_step_keeps_the_newest_and_restores_the_newest(tmp_p
   assert fresh.restore() == os.path.join(tmp_path, "ckpt-30")
   assert int(restored["step"].numpy()) == 30
   np.testing.assert_array_equal(restored["w"].numpy(), [30.0] * 3)
+
+
+def test_saves_restores_and_retention_keep_tensorflow_quiet(tmp_path, caplog):
+  deprecation._PRINTED_WARNING.clear()  # Each deprecation warns once per process.
+  _, checkpointer = make(tmp_path, max_to_keep=1)
+  with caplog.at_level(logging.INFO):
+    for step in (1, 2, 3):  # Each save past the first drops the one before.
+      checkpointer.save(step)
+    make(tmp_path)[1].restore()
+  assert [(r.name, r.getMessage()) for r in caplog.records if not r.name.startswith("tbptt")] == []
+  with caplog.at_level(logging.DEBUG):  # Unless asked for (a verbose run).
+    checkpointer.save(4)
+  assert any(r.name == "absl" for r in caplog.records)
 
 
 def test_restore_without_checkpoint_returns_none(tmp_path):
