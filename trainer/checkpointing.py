@@ -166,7 +166,8 @@ class Checkpointer:
     for line in choice.warnings:
       _log.warning(line)
     if not read_only and self.write_directory is None and (choice.rewrite_state or choice.corrupt):
-      checkpoint_recovery.apply(self.directory, choice)
+      with _quiet_tensorflow(logging.ERROR):  # update_checkpoint_state's deprecation notice.
+        checkpoint_recovery.apply(self.directory, choice)
       self._managers.pop(self.directory, None)  # It caches what it manages.
     return choice.path
 
