@@ -56,8 +56,8 @@ def demo(model_dir: str, extra_files=(), bindings=()) -> dict:
           f"{valid['bits_per_char']:.3f} bits/char.", flush=True)
   else:
     print(f"\nAlready trained to step {result['step']}.", flush=True)
-  print("\nSample:\n", flush=True)
   sample = experiment.run_experiment(model_dir, "sample")
+  print(f"\nSample:\n\n{sample['sample']}", flush=True)
   python = _command(os.path.basename(sys.executable), sys.executable)
   tensorboard = _command("tensorboard", f"{python} -m tensorboard.main")
   tbptt = _command("tbptt", f"{python} -m tbptt")

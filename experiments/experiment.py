@@ -154,14 +154,6 @@ def _record_lstm_implementations(model_dir: str, planned: list) -> None:
   logging.info("LSTM implementations: %s (recorded in %s)", planned, path)
 
 
-def _report(step: int, splits: dict) -> None:
-  """Prints one line per split: `step 600 valid: loss=1.536 bits_per_char=2.216`."""
-  for split, metrics in splits.items():
-    values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in metrics.items())
-    print(f"step {step} {split}: {values}", flush=True)
-
-
 @gin.configurable
 def run_experiment(model_dir: str, mode: str = "train", *, task_fn=None) -> dict:
   """Runs one mode of an experiment in `model_dir`.
@@ -202,19 +194,10 @@ def _run(model_dir: str, mode: str, task_fn) -> dict:
     result = trainer.train()
     if mode == "train_and_eval":
       result["eval"] = trainer.evaluate(splits=EVAL_SPLITS)
-      _report(result["step"], result["eval"])
-    elif "valid" in result:
-      _report(result["step"], {"valid": result["valid"]})
     return result
   step = _restore(trainer, model_dir, mode)
   if mode == "eval":
-    result = trainer.evaluate(splits=EVAL_SPLITS)
-    _report(step, result)
-    return result
+    return trainer.evaluate(splits=EVAL_SPLITS)
   if mode == "sample":
-    text = sampling.sample_text(task)
-    print(text, flush=True)
-    return {"step": step, "sample": text}
-  path = export_lib.export(task, model_dir)
-  print(f"Exported step {step} to {path}", flush=True)
-  return {"step": step, "export": path}
+    return {"step": step, "sample": sampling.sample_text(task)}
+  return {"step": step, "export": export_lib.export(task, model_dir)}

@@ -93,12 +93,21 @@ def main(argv) -> int:
     return fail(2, unexpected_arguments_message(argv[1:]))
   try:
     gin_files.parse(FLAGS.gin_file, FLAGS.gin_bindings)
-    experiment.run_experiment(os.path.abspath(FLAGS.model_dir), FLAGS.mode)
+    result = experiment.run_experiment(os.path.abspath(FLAGS.model_dir), FLAGS.mode)
   except ConfigError as e:
     return fail(2, hints.with_hint(e))
   except TrainingError as e:
     return fail(1, e)
+  print_result(FLAGS.mode, result)
   return 0
+
+
+def print_result(mode: str, result: dict) -> None:
+  """What a mode produced, for the console (training and evaluation have shown their own lines)."""
+  if mode == "sample":
+    print(result["sample"], flush=True)
+  elif mode == "export":
+    print(f"Exported step {result['step']} to {result['export']}", flush=True)
 
 
 def unexpected_arguments_message(arguments) -> str:

@@ -20,7 +20,8 @@ def test_demo_trains_samples_and_resumes(tmp_path, capsys):
   first = demo_lib.demo(model_dir, bindings=TINY)
   out = capsys.readouterr().out
   assert first["step"] == 4 and first["sample"].startswith("def ")
-  assert first["sample"] in out
+  assert f"Sample:\n\n{first['sample']}\n" in out  # Nothing between the heading and the text.
+  assert out.count(first["sample"]) == 1 and "step 4 valid:" not in out
   next_steps = out.split("Next:", 1)[1]
   assert f"--logdir {model_dir}" in next_steps
   assert "Trainer.train_steps=5000'" in next_steps
