@@ -116,15 +116,17 @@ def _restore(trainer, model_dir: str, mode: str) -> int:
 IMPLEMENTATIONS_FILE = "lstm_implementations.json"
 
 
-def _check_lstm_implementations(model_dir: str, task, step: int | None) -> None:
-  """Records which LSTM implementation (fused kernel or loop) each layer runs; under
-  `Trainer.deterministic = True` a resumed run must run the ones the checkpoint was trained with,
-  since the two round differently (ConfigError otherwise: the launcher exits 2)."""
+def _check_lstm_implementations(model_dir: str, task, step: int | None) -> list:
+  """Which LSTM implementation (fused kernel or loop) each layer of the task's model will run.
+
+  Raises:
+    ConfigError: under `Trainer.deterministic = True`, a resumed run would run other ones than its
+      checkpoint was trained with (they round differently); the launcher exits 2.
+  """
   planned = list(planned_implementations(task.model, bool(runtime._binding("jit_compile", False))))
-  if not planned:
-    return
   path = os.path.join(model_dir, IMPLEMENTATIONS_FILE)
-  if step is not None and runtime._binding("deterministic", False) and os.path.exists(path):
+  deterministic = runtime._binding("deterministic", False)
+  if planned and step is not None and deterministic and os.path.exists(path):
     with open(path) as f:
       recorded = json.load(f)["implementations"]
     if recorded != planned:
@@ -134,6 +136,14 @@ def _check_lstm_implementations(model_dir: str, task, step: int | None) -> None:
           f"the uninterrupted run; bind the same implementation (e.g. --gin_bindings=\""
           f"LanguageModel.implementation='{recorded[0]}'\"; 'fused' needs the kernel built here) "
           "or set Trainer.deterministic=False to resume anyway")
+  return planned
+
+
+def _record_lstm_implementations(model_dir: str, planned: list) -> None:
+  """Writes `planned` to model_dir (chief only) and logs it."""
+  if not planned:
+    return
+  path = os.path.join(model_dir, IMPLEMENTATIONS_FILE)
   if run_lock.is_chief():
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
@@ -182,10 +192,11 @@ def _run(model_dir: str, mode: str, task_fn) -> dict:
   _, task, trainer = build(model_dir, task_fn)
   if mode in ("train", "train_and_eval"):
     step = trainer.restore()  # Fails on a checkpoint that does not fit before anything is written.
-    _check_lstm_implementations(model_dir, task, step)
+    implementations = _check_lstm_implementations(model_dir, task, step)
     write_assets = getattr(task, "write_assets", None)
     if write_assets is not None:
       write_assets()
+    _record_lstm_implementations(model_dir, implementations)
     result = trainer.train()
     if mode == "train_and_eval":
       result["eval"] = trainer.evaluate(splits=EVAL_SPLITS)
