@@ -52,7 +52,8 @@ def gemm_table(reps: int) -> str:
     mkl = build.mkl()
     # oneDNN's own dependencies (TBB, OpenMP) sit beside it in the environment's lib folder.
     env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(sys.prefix, "lib"))
-    result = subprocess.run([binary, mkl["library"] if mkl else "", onednn_library() or "",
+    mkl_rt = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*"))) if mkl else []
+    result = subprocess.run([binary, mkl_rt[-1] if mkl_rt else "", onednn_library() or "",
                              str(reps)], check=True, capture_output=True, text=True, env=env)
   rows = {}
   for line in result.stdout.splitlines():

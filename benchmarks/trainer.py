@@ -377,7 +377,8 @@ def versus_torch(args) -> int:
     print(f"timing the character LM {shape}, {rounds} rounds of {steps} steps ...",
           file=sys.stderr, flush=True)
     runs, model = versus_torch_candidates(shape, steps, directory, args.quick)
-    seconds = time_interleaved(runs, rounds)
+    # A pause before each round lets the other framework's idle threads stop spinning first.
+    seconds = time_interleaved(runs, rounds, pause=0.5)
   ran = "/".join(sorted(set(model.implementations)))
   text, passed = versus_torch_report(seconds, shape, steps, rounds, f"implementation {ran!r} "
                                      f"(kernel: {kernels.gemm_library() or 'not built'})")

@@ -50,19 +50,27 @@ def cpu_features() -> tuple:
 
 
 def mkl() -> dict | None:
-  """MKL from the `mkl-devel` package in this Python environment: {'include', 'library',
-  'version'}, or None when it is not installed (the kernel then multiplies with Eigen)."""
+  """MKL from the `mkl-devel` package in this Python environment: {'include', 'libraries',
+  'version'}, or None when it is not installed (the kernel then multiplies with Eigen).
+
+  The libraries are MKL's LP64 interface, its sequential threading layer and its core.
+  """
   if os.environ.get("TBPTT_KERNEL_NO_MKL"):
     return None
   include = os.path.join(sys.prefix, "include")
-  libraries = sorted(glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")))
-  if not libraries or not os.path.exists(os.path.join(include, "mkl_cblas.h")):
+  libraries = []
+  for name in ("mkl_intel_lp64", "mkl_sequential", "mkl_core"):
+    found = sorted(glob.glob(os.path.join(sys.prefix, "lib", f"lib{name}.so*")))
+    if not found:
+      return None
+    libraries.append(found[-1])
+  if not os.path.exists(os.path.join(include, "mkl_cblas.h")):
     return None
   try:
     version = importlib.metadata.version("mkl")
   except importlib.metadata.PackageNotFoundError:
     version = "unknown"
-  return {"include": include, "library": libraries[-1], "version": version}
+  return {"include": include, "libraries": libraries, "version": version}
 
 
 def compile_flags() -> list:
@@ -87,8 +95,8 @@ def link_flags() -> list:
   found = mkl()
   if found:
     # -Bsymbolic binds our own symbols inside the library; the rpath finds MKL at load time.
-    flags += [found["library"], f"-Wl,-rpath,{os.path.dirname(found['library'])}",
-              "-Wl,-Bsymbolic"]
+    flags += found["libraries"] + [f"-Wl,-rpath,{os.path.dirname(found['libraries'][0])}",
+                                   "-Wl,-Bsymbolic"]
   return flags
 
 

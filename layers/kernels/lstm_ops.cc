@@ -54,11 +54,11 @@ enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };
 #ifdef TBPTT_WITH_MKL
 constexpr bool kHaveMkl = true;
 
-// MKL runs on the calling thread: its OpenMP threads gained nothing at [20, 650] x [650, 2600],
-// and next to TensorFlow's and PyTorch's own pools on two cores their spinning made the whole
-// training step up to twice slower. Sequential, MKL also picks the same code path (and so the
-// same rounding) in every run on a given CPU: the kernel's results are bitwise reproducible.
-const int kMklSequential = mkl_set_threading_layer(MKL_THREADING_SEQUENTIAL);
+// MKL runs on the calling thread (build.py links its sequential layer): its OpenMP threads gained
+// nothing at [20, 650] x [650, 2600], and next to TensorFlow's and PyTorch's own pools on two cores
+// their spinning made the whole training step up to twice slower. (Selecting the layer at run time
+// through mkl_rt instead also cut PyTorch to one thread when loaded before it.) With a fixed code
+// path (MKL_CBWR_AUTO), the kernel's results are bitwise reproducible on a given CPU.
 const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
 
 inline void MklGemm(const float* a, const float* b, float* out, int m, int k, int n,

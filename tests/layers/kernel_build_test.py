@@ -133,3 +133,16 @@ def test_non_editable_install_ships_the_sources_and_runs_fused(tmp_path):
   assert result.returncode == 0, result.stderr
   assert result.stdout.splitlines()[0].startswith(str(kernels_dir))
   assert "ran fused" in result.stdout
+
+
+@pytest.mark.slow
+def test_loading_the_kernel_leaves_torch_its_threads():
+  # MKL loaded by the kernel must not change process-wide settings of another library's MKL or
+  # OpenMP (a run-time threading-layer switch once cut PyTorch to one thread).
+  pytest.importorskip("torch")
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  alone, after = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 env=env, timeout=300, check=True).stdout.split()[-1]
+                  for code in ("import torch; print(torch.get_num_threads())",
+                               "import tbptt.layers, torch; print(torch.get_num_threads())"))
+  assert after == alone
