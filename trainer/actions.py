@@ -177,9 +177,9 @@ class TaskSummaries(Action):
 
 
 class Progress(Action):
-  """A progress line at every multiple of `log_interval` (exact: taken from each step's own loss,
-  printed when its loop returns) and at the final step; a live bar in between on a terminal; one
-  line per evaluation.
+  """Where training starts; a progress line at every multiple of `log_interval` (exact: taken from
+  each step's own loss, printed when its loop returns) and at the final step; a live bar in
+  between on a terminal; one line per evaluation.
 
   Args:
     reporter: The `ProgressReporter`.
@@ -197,6 +197,9 @@ class Progress(Action):
     self._until = until
     self._rate.restart(step)
     self._last = step
+    if until is not None:
+      self._reporter.line(f"training from step {step} to {until}" if step < until else
+                          f"already at step {step} (target {until}): nothing to train")
 
   def on_train(self, step, outputs, metrics):
     previous = step - outputs.steps

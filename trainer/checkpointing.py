@@ -192,7 +192,6 @@ class Checkpointer:
       raise ConfigError(f"checkpoint {path} does not fit the model: {_mismatch(e)}; use a new "
                         "--model_dir or the config this checkpoint was trained with") from None
     self._after_restore()
-    _log.debug("Restored %s.", path)
     return path
 
   def save(self, step: int) -> str:

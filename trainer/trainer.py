@@ -89,7 +89,6 @@ class Trainer:
         eval_interval=self.config.eval_interval, tokens_per_step=task.tokens_per_step,
         local_stop=not distribute.is_multi_worker(strategy))
     self._restored = False
-    self._logged_restore = False
 
   def _actions(self, chief: bool, best_loss, rollbacks) -> list:
     config, runner, summaries = self.config, self.runner, self._summaries
@@ -130,10 +129,8 @@ class Trainer:
     if path is None:
       return None
     self._controller.mark_saved(self.step)
-    # Once at INFO: evaluating after training restores again, which is no news.
-    _log.log(logging.DEBUG if self._logged_restore else logging.INFO, "Restored %s (step %d).",
-             path, self.step)
-    self._logged_restore = True
+    # DEBUG: the progress line says where training starts; evaluating restores again.
+    _log.debug("Restored %s (step %d).", path, self.step)
     return self.step
 
   def train(self, until_step: int | None = None) -> dict:
@@ -158,10 +155,6 @@ class Trainer:
       if not self._restored:
         self.restore()
       self.runner.clear_stop()
-      if self.step >= until:
-        _log.info("Already at step %d (target %d): nothing to train.", self.step, until)
-      else:
-        _log.info("Training from step %d to %d.", self.step, until)
       return self._controller.train(until)
 
   def evaluate(self, splits=("valid", "test")) -> dict:

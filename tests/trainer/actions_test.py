@@ -206,6 +206,7 @@ def test_progress_lines_at_every_log_interval_step_with_that_steps_loss():
   action.on_eval("valid", 11, {"loss": 1.25, "perplexity": 3.5})
   action.on_end(11)
   lines = stream.getvalue().splitlines()
+  assert re.match(r"^\d\d:\d\d:\d\d training from step 0 to 11$", lines.pop(0))
   parsed = [LINE.match(line) for line in lines[:-1]]
   assert all(parsed), lines  # Our own clean lines: no logging prefix, no bar on a non-terminal.
   # Exact: 3, 6, 9 (each with its own step's loss), and the final step.
@@ -221,6 +222,8 @@ def test_progress_draws_a_live_bar_on_a_terminal():
   stream = io.StringIO()
   action = Progress(ProgressReporter(stream, live=True), log_interval=100)
   action.on_start(0, 10)
+  stream.truncate(0)
+  stream.seek(0)
   action.on_train(4, outputs(1, 4), {"loss": 0.04, **SPEED})
   assert stream.getvalue().startswith("\r[============                  ] step 4/10 | loss 0.0400")
   action.on_end(4)
@@ -232,4 +235,4 @@ def test_progress_goes_to_stdout_when_not_a_terminal(capsys):
   action.on_start(0, 2)
   action.on_train(2, outputs(1, 2), {"loss": 0.02, **SPEED})
   out = capsys.readouterr().out
-  assert LINE.match(out.splitlines()[0]) and "\r" not in out
+  assert LINE.match(out.splitlines()[1]) and "\r" not in out

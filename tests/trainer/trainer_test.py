@@ -3,6 +3,7 @@
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from toy_task import DelayTask
 from tbptt.trainer import Trainer, TrainerConfig, runtime
 from tbptt.trainer.distribute import make_strategy
 from tbptt.trainer.errors import ConfigError, TrainingError, TrainingInterrupted
+from tbptt.trainer.inputs import InputSource
 from events import read_scalars, read_tags
 
 TRAIN_TAGS = {"loss", "grad_norm", "learning_rate", "steps_per_sec", "tokens_per_sec",
@@ -365,11 +367,12 @@ def test_jit_compile_matches_graph_mode(tmp_path):
     assert losses[True][step] == pytest.approx(loss, rel=1e-4)
 
 
-def test_console_chatter_goes_through_logging_and_restores_are_reported_once(tmp_path, caplog):
+def test_console_chatter_goes_through_logging_at_debug_only(tmp_path, caplog, capsys):
   Trainer(task=DelayTask(units=8), model_dir=str(tmp_path), train_steps=2, steps_per_loop=2,
           **QUIET).train()
   trainer = Trainer(task=DelayTask(units=8), model_dir=str(tmp_path), train_steps=4,
                     steps_per_loop=2, **QUIET)
+  capsys.readouterr()
   logging.getLogger("tensorflow").setLevel(logging.INFO)
   try:
     with caplog.at_level(logging.INFO):
@@ -378,11 +381,57 @@ def test_console_chatter_goes_through_logging_and_restores_are_reported_once(tmp
       trainer.evaluate(splits=("valid",))
   finally:
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-  info = [r for r in caplog.records if r.levelno >= logging.INFO]
-  assert [r.getMessage() for r in info if "Restored" in r.getMessage()] == [
-      f"Restored {tmp_path}/checkpoints/ckpt-2 (step 2)."]
-  assert all(r.name.startswith("tbptt") for r in info), [(r.name, r.getMessage()) for r in info]
-  with caplog.at_level(logging.DEBUG, logger="tbptt"):
-    caplog.clear()
+  # Nothing logged at INFO (TensorFlow's checkpoint chatter included): the console has only our
+  # own lines, and they say where training resumed.
+  assert [(r.name, r.getMessage()) for r in caplog.records] == []
+  assert re.search(r"^\d\d:\d\d:\d\d training from step 2 to 4$", capsys.readouterr().out,
+                   re.MULTILINE)
+  with caplog.at_level(logging.DEBUG):  # A verbose run shows the restores.
     trainer.restore()
-  assert any("Restored" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
+  assert [r.getMessage() for r in caplog.records if r.name == "tbptt.trainer"] == [
+      f"Restored {tmp_path}/checkpoints/ckpt-4 (step 4)."]
+
+
+class SourceOnly(InputSource):
+  """The toy task's data served by an object of its own (as a memory-mapped corpus would be)."""
+
+  def __init__(self, task):
+    self._task = task
+
+  @property
+  def global_batch_size(self):
+    return self._task.global_batch_size
+
+  def train_batch(self, step, row_start, num_rows):
+    return DelayTask.train_batch(self._task, step, row_start, num_rows)
+
+  def num_eval_batches(self, split):
+    return DelayTask.num_eval_batches(self._task, split)
+
+  def eval_batch(self, split, index, row_start, num_rows):
+    return DelayTask.eval_batch(self._task, split, index, row_start, num_rows)
+
+
+class DelegatingTask(DelayTask):
+  """Reads every batch through `inputs`; its own batch methods must not be called."""
+
+  @property
+  def inputs(self):
+    return SourceOnly(self)
+
+  def train_batch(self, step, row_start, num_rows):
+    raise AssertionError("the trainer read around the input interface")
+
+  def eval_batch(self, split, index, row_start, num_rows):
+    raise AssertionError("the trainer read around the input interface")
+
+
+def test_the_trainer_reads_batches_only_through_the_tasks_input_source(tmp_path):
+  losses = {}
+  for name, task_class in (("own", DelayTask), ("delegated", DelegatingTask)):
+    runtime.seed_everything(6)
+    trainer = Trainer(task=task_class(units=8), model_dir=str(tmp_path / name), train_steps=4,
+                      steps_per_loop=2, summary_interval=1, eval_interval=2, **QUIET)
+    result = trainer.train()
+    losses[name] = (read_scalars(str(tmp_path / name / "train"), "loss"), result["valid"])
+  assert losses["delegated"] == losses["own"]
