@@ -290,6 +290,7 @@ def versus_torch_report(seconds: dict, shape: Shape, steps: int, rounds: int,
       "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
       f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
       + (f", torch {torch.__version__} ({torch.get_num_threads()} threads)" if torch else "")
+      + f", TF intra-op threads {tf.config.threading.get_intra_op_parallelism_threads() or 'auto'}"
       + f"; ours ran {implementations}",
       "",
       "| candidate | tokens/s | ours / candidate |",
@@ -342,6 +343,9 @@ def parse_args(argv):
   parser.add_argument("--steps_per_loop", type=int, default=100, help="Trainer.steps_per_loop")
   parser.add_argument("--quick", action="store_true",
                       help="smoke run: a tiny model, 2 rounds of 20 steps")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="with --versus_torch: TensorFlow and torch on this many threads each "
+                           "(0: their defaults)")
   parser.add_argument("--versus_torch", action="store_true",
                       help="the character LM against its PyTorch twin (see the module docstring)")
   parser.add_argument("--strict", action="store_true", help="exit 1 if a target fails")
@@ -369,6 +373,11 @@ def main(argv=None) -> int:
 
 
 def versus_torch(args) -> int:
+  if args.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if torch is not None:
+      torch.set_num_threads(args.threads)
   shape, rounds = CHARLM_SHAPE, args.rounds
   steps = CHARLM_STEPS if args.steps is None else args.steps
   if args.quick:

@@ -5,7 +5,8 @@
   'fused' : the C++ kernel; a ValueError when it does not apply (names why), a RuntimeError when
             it is not built.
   'auto'  : the kernel where it is built and applies on a CPU; cuDNN on a GPU for the plain variant
-            without a mask (as `keras.layers.LSTM`); otherwise the loop.
+            without a mask (as `keras.layers.LSTM`); otherwise the loop. (`LSTM` runs the loop where
+            this says cuDNN: the cuDNN call has not run on a GPU yet, so it is not wired.)
 Inside an XLA compilation, and while tracing for a SavedModel export, every request runs the loop:
 the kernel has no XLA lowering and a SavedModel must load in TensorFlow without this package.
 """
