@@ -14,7 +14,7 @@ $(PY):
 # Reinstall whenever the package metadata changes.
 $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,mkl]'
 	$(PY) -m tbptt.layers.kernels
 	touch $@
 

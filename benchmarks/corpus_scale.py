@@ -46,7 +46,7 @@ MB = 1_000_000
 RUN_BINDINGS = ["TextCorpus.batch_size=32", "TextCorpus.seq_len=100", "LanguageModel.units=128",
                 "Trainer.histogram_interval=None", "Trainer.eval_interval=100000",
                 "Trainer.checkpoint_interval=100000", "TextCorpus.test_path=None"]
-_TRAINING = re.compile(r"Training from step")
+_TRAINING = re.compile(r"training from step", re.IGNORECASE)
 _SPEED = re.compile(r"step (\d+)/\d+ .*?([\d.]+) steps/s")
 
 
@@ -88,6 +88,7 @@ def tokenize_rate(path: pathlib.Path, level: str, cache: pathlib.Path) -> float:
 
 def launch(model_dir, train_path, valid_path, steps, extra=(), cache=None) -> dict:
   """One `python -m tbptt` run: its peak RSS, the seconds to the start of training, its speeds."""
+  shutil.rmtree(model_dir, ignore_errors=True)  # A fresh run, even in a reused --workdir.
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
   if cache is not None:
     env["TBPTT_CACHE_DIR"] = str(cache)
@@ -120,6 +121,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="4 MB and 8 MB files: a smoke run")
   parser.add_argument("--rounds", type=int, default=3, help="interleaved speed runs per corpus")
+  parser.add_argument("--speed_only", action="store_true", help="only the steps/s comparison "
+                      "(the text files of an earlier --workdir are reused)")
   parser.add_argument("--workdir", default=None, help="where the text files go (default: a "
                       "temporary folder, removed at the end)")
   args = parser.parse_args(argv)
@@ -135,13 +138,13 @@ def main(argv=None) -> int:
         synthetic_text(texts[name], size, seed=len(name))
     valid = work / "valid.txt"
     synthetic_text(valid, 1 * MB, seed=7)
-    rates = {level: tokenize_rate(texts["small"], level, work / f"cache-{level}")
-             for level in ("char", "word")}
-
     cache = work / "cache-runs"
-    shutil.rmtree(cache, ignore_errors=True)
-    runs = {}
-    for name in ("small", "large"):
+    rates, runs = {}, {}
+    if not args.speed_only:
+      rates = {level: tokenize_rate(texts["small"], level, work / f"cache-{level}")
+               for level in ("char", "word")}
+      shutil.rmtree(cache, ignore_errors=True)
+    for name in (() if args.speed_only else ("small", "large")):
       first = launch(work / f"run-{name}-1", texts[name], valid, 50, cache=cache)
       runs[name] = first
       runs[f"{name}-hit"] = launch(work / f"run-{name}-2", texts[name], valid, 50, cache=cache)
@@ -159,9 +162,20 @@ def main(argv=None) -> int:
   finally:
     if args.workdir is None:
       shutil.rmtree(work, ignore_errors=True)
+  if args.speed_only:
+    print(speed_report(speeds, small))
+    return 0 if statistics.median(speeds["file"]) >= statistics.median(speeds["embedded"]) else 1
   text, passed = report(rates, runs, speeds, small, large)
   print(text)
   return 0 if passed else 1
+
+
+def speed_report(speeds, small) -> str:
+  file_speed, embedded_speed = (statistics.median(speeds[k]) for k in ("file", "embedded"))
+  return (f"steps/s, {small // MB} MB file: {', '.join(f'{v:.2f}' for v in speeds['file'])} "
+          f"(median {file_speed:.2f}); embedded corpus: "
+          f"{', '.join(f'{v:.2f}' for v in speeds['embedded'])} (median {embedded_speed:.2f}); "
+          f"file / embedded = {file_speed / embedded_speed:.3f}")
 
 
 def report(rates, runs, speeds, small, large) -> tuple:
