@@ -173,4 +173,4 @@ def test_two_processes_on_one_model_dir(corpus, tmp_path):
       first.wait()
   assert first.returncode == 0, err
   assert (model_dir / "checkpoints" / "ckpt-3000.index").exists()
-  assert "step 3000 valid:" in out
+  assert "eval valid at step 3000: loss" in out
