@@ -263,36 +263,63 @@ REGISTER_OP("TbpttLstmBackward")
       return Status();
     });
 
-template <typename T>
-class LstmForwardOp : public OpKernel {
-  using Block = Eigen::Map<Array<T>>;
-  using ConstBlock = Eigen::Map<const Array<T>>;
-  using ConstRow = Eigen::Map<const RowArray<T>>;
-
+// What the forward and backward ops share: the choice of matrix-product library, the settings
+// input and outputs that are empty when their variant is off.
+class LstmOpBase : public OpKernel {
  public:
-  explicit LstmForwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+  explicit LstmOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
     OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
     if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
     OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
                 tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
   }
 
+ protected:
+  // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
+  // that the float64 kernel clips at exactly the float64 value.
+  template <typename T>
+  static Status ReadSettings(OpKernelContext* ctx, T* cclip, T* pclip, T* eps) {
+    if (ctx->input(13).NumElements() != 3) {
+      return tensorflow::errors::InvalidArgument("settings must have 3 elements");
+    }
+    const T* settings = ctx->input(13).flat<T>().data();
+    *cclip = settings[0];
+    *pclip = settings[1];
+    *eps = settings[2];
+    return Status();
+  }
+
+  // Output i, shaped `dims` when `on`, else empty; the caller checks ctx->status() afterwards.
+  template <typename T>
+  static void AllocateOutput(OpKernelContext* ctx, int i, bool on,
+                             std::initializer_list<int64_t> dims, T** ptr) {
+    Tensor* t = nullptr;
+    TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
+    *ptr = t->flat<T>().data();
+  }
+
+  int gemm_;
+};
+
+template <typename T>
+class LstmForwardOp : public LstmOpBase {
+  using Block = Eigen::Map<Array<T>>;
+  using ConstBlock = Eigen::Map<const Array<T>>;
+  using ConstRow = Eigen::Map<const RowArray<T>>;
+
+ public:
+  explicit LstmForwardOp(OpKernelConstruction* ctx) : LstmOpBase(ctx) {}
+
   void Compute(OpKernelContext* ctx) override {
     Dims d;
     OP_REQUIRES_OK(ctx, ReadDims(ctx, &d));
     const int S = d.steps, B = d.batch, U = d.units, O = d.out, G = 4 * U;
-    // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
-    // that the float64 kernel clips at exactly the float64 value.
-    OP_REQUIRES(ctx, ctx->input(13).NumElements() == 3,
-                tensorflow::errors::InvalidArgument("settings must have 3 elements"));
-    const T* settings = ctx->input(13).flat<T>().data();
-    const T cclip = settings[0], pclip = settings[1], eps = settings[2];
+    T cclip, pclip, eps;
+    OP_REQUIRES_OK(ctx, ReadSettings(ctx, &cclip, &pclip, &eps));
     const bool clip_c = cclip > 0, clip_p = d.projection && pclip > 0;
-    auto alloc = [&](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
-      Tensor* t = nullptr;
-      TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
-      *ptr = t->flat<T>().data();
+    auto alloc = [ctx](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
+      AllocateOutput(ctx, i, on, dims, ptr);
     };
     T *h_all, *c_all, *gates, *cell_raw, *rec_raw, *unproj, *proj_raw;
     alloc(0, true, {S, B, O}, &h_all);
@@ -400,41 +427,26 @@ class LstmForwardOp : public OpKernel {
       }
     }
   }
-
- private:
-  int gemm_;
 };
 
 template <typename T>
-class LstmBackwardOp : public OpKernel {
+class LstmBackwardOp : public LstmOpBase {
   using Block = Eigen::Map<Array<T>>;
   using ConstBlock = Eigen::Map<const Array<T>>;
   using ConstRow = Eigen::Map<const RowArray<T>>;
 
  public:
-  explicit LstmBackwardOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
-    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
-    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
-                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
-  }
+  explicit LstmBackwardOp(OpKernelConstruction* ctx) : LstmOpBase(ctx) {}
 
   void Compute(OpKernelContext* ctx) override {
     Dims d;
     OP_REQUIRES_OK(ctx, ReadDims(ctx, &d));
     const int S = d.steps, B = d.batch, U = d.units, O = d.out, G = 4 * U;
-    // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
-    // that the float64 kernel clips at exactly the float64 value.
-    OP_REQUIRES(ctx, ctx->input(13).NumElements() == 3,
-                tensorflow::errors::InvalidArgument("settings must have 3 elements"));
-    const T* settings = ctx->input(13).flat<T>().data();
-    const T cclip = settings[0], pclip = settings[1], eps = settings[2];
+    T cclip, pclip, eps;
+    OP_REQUIRES_OK(ctx, ReadSettings(ctx, &cclip, &pclip, &eps));
     const bool clip_c = cclip > 0, clip_p = d.projection && pclip > 0;
-    auto alloc = [&](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
-      Tensor* t = nullptr;
-      TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
-      OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
-      *ptr = t->flat<T>().data();
+    auto alloc = [ctx](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
+      AllocateOutput(ctx, i, on, dims, ptr);
     };
     T *dxz, *dh0, *dc0, *dpeep, *drec, *drgamma, *dcgamma, *dcbeta, *dproj, *dingamma, *dbias;
     alloc(0, true, {S, B, G}, &dxz);
@@ -609,9 +621,6 @@ class LstmBackwardOp : public OpKernel {
       }
     }
   }
-
- private:
-  int gemm_;
 };
 
 #define TBPTT_REGISTER(T)                                                                   \
