@@ -55,6 +55,8 @@ from tbptt.trainer.task import Task  # noqa: E402
 
 try:
   import torch
+
+  from benchmarks.charlm_twin import TorchCharLM
 except ImportError:
   torch = None
 
@@ -237,34 +239,20 @@ def charlm_trainer(shape: Shape, model_dir: str, implementation: str, quick: boo
 
 
 def torch_charlm_round(shape: Shape, steps: int) -> Callable[[], None]:
-  """The PyTorch twin of the character LM: embedding, 2-layer LSTM, linear; Adam, clip 5; the
-  state carried (detached) from chunk to chunk and reset at the first chunk of the streams."""
-  torch.manual_seed(0)
-  embedding = torch.nn.Embedding(shape.vocab, CHARLM_EMBEDDING)
-  lstm = torch.nn.LSTM(CHARLM_EMBEDDING, shape.units, CHARLM_LAYERS, batch_first=True)
-  head = torch.nn.Linear(shape.units, shape.vocab)
-  modules = torch.nn.ModuleList([embedding, lstm, head])
-  optimizer = torch.optim.Adam(modules.parameters(), lr=CHARLM_LEARNING_RATE)
-  streams = torch.from_numpy(token_streams(shape)).long()
+  """The PyTorch twin of the character LM (`benchmarks/charlm_twin.py`) on the same streams."""
+  twin = TorchCharLM(shape.vocab, units=shape.units, layers=CHARLM_LAYERS,
+                     embedding=CHARLM_EMBEDDING, learning_rate=CHARLM_LEARNING_RATE,
+                     clip_norm=CLIP_NORM, seed=0)
+  streams = token_streams(shape)
   t = shape.steps
-  carried = {"step": 0, "state": None}
+  carried = {"step": 0}
 
   def run():
     for _ in range(steps):
       k = carried["step"] % CHUNKS
       window = streams[:, k * t:(k + 1) * t + 1]
-      state = None if k == 0 else carried["state"]
-      outputs, state = lstm(embedding(window[:, :-1]), state)
-      logits = head(outputs)
-      loss = torch.nn.functional.cross_entropy(logits.reshape(-1, shape.vocab),
-                                               window[:, 1:].reshape(-1))
-      optimizer.zero_grad(set_to_none=True)
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(modules.parameters(), CLIP_NORM)
-      optimizer.step()
-      carried["state"] = tuple(s.detach() for s in state)
+      twin.train_step(window[:, :-1], window[:, 1:], reset=k == 0)
       carried["step"] += 1
-    float(loss.detach())
 
   return run
 

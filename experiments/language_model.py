@@ -6,7 +6,7 @@ import gin
 import keras
 import tensorflow as tf
 
-from tbptt.experiments import sampling
+from tbptt.experiments import initializers, sampling
 from tbptt.experiments.data.corpus import TextCorpus
 from tbptt.layers import StackedLSTM
 from tbptt.trainer.task import Task
@@ -37,8 +37,12 @@ class LanguageModel(keras.Model):
     dropout: Rate on the non-recurrent connections, in [0, 1).
     tie_weights: Share the embedding matrix with the softmax (Press & Wolf 2017; Inan et al. 2017);
       needs embedding_dim equal to the top layer's output size.
+    embedding_initializer, kernel_initializer, recurrent_initializer, bias_initializer,
+      softmax_initializer: How the embedding, the LSTM input and recurrent kernels and biases,
+      and the softmax kernel start: a Keras initializer name or config, or a name from
+      `tbptt.experiments.initializers` ('unit_normal', 'lstm_uniform', 'fan_in_uniform').
     init_scale: If set, every weight but the biases starts uniform in [-init_scale, init_scale]
-      (Zaremba et al.); else Keras's defaults (Glorot / orthogonal).
+      (Zaremba et al.), overriding the initializers above.
     residual: Residual connections between layers of equal size.
     use_peepholes, num_proj, proj_clip, cell_clip, layer_norm, unit_forget_bias, recurrent_dropout,
     zoneout_cell, zoneout_hidden: `layers.LSTMCell` options, applied to every layer.
@@ -49,6 +53,9 @@ class LanguageModel(keras.Model):
 
   def __init__(self, vocab_size: int, *, units: int = 256, num_layers: int = 2,
                embedding_dim: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
+               embedding_initializer="uniform", kernel_initializer="glorot_uniform",
+               recurrent_initializer="orthogonal", bias_initializer="zeros",
+               softmax_initializer="glorot_uniform",
                init_scale: float | None = None, residual: bool = False, use_peepholes: bool = False,
                num_proj: int | None = None, proj_clip: float | None = None,
                cell_clip: float | None = None, layer_norm: bool = False,
@@ -68,22 +75,26 @@ class LanguageModel(keras.Model):
                        f"(num_proj or units = {output_size}), got embedding_dim={embedding_dim}")
     self.embedding = keras.layers.Embedding(
         vocab_size, self.embedding_dim, name="embedding",
-        embeddings_initializer=_uniform(init_scale) or "uniform")
+        embeddings_initializer=_uniform(init_scale) or initializers.resolve(embedding_initializer))
     self.rnn = StackedLSTM(
         units, num_layers, dropout_between=dropout, residual=residual, name="stacked_lstm",
         use_peepholes=use_peepholes, num_proj=num_proj, proj_clip=proj_clip, cell_clip=cell_clip,
         layer_norm=layer_norm, unit_forget_bias=unit_forget_bias,
         recurrent_dropout=recurrent_dropout, zoneout_cell=zoneout_cell,
         zoneout_hidden=zoneout_hidden, seed=seed, implementation=implementation,
-        **{k: _uniform(init_scale) for k in ("kernel_initializer", "recurrent_initializer",
-                                             "projection_initializer", "peephole_initializer")
-           if init_scale is not None})
+        bias_initializer=initializers.resolve(bias_initializer),
+        **({k: _uniform(init_scale) for k in ("kernel_initializer", "recurrent_initializer",
+                                              "projection_initializer", "peephole_initializer")}
+           if init_scale is not None else
+           {"kernel_initializer": initializers.resolve(kernel_initializer),
+            "recurrent_initializer": initializers.resolve(recurrent_initializer)}))
     self.input_dropout = keras.layers.Dropout(dropout, seed=seed, name="input_dropout")
     self.output_dropout = keras.layers.Dropout(
         dropout, seed=None if seed is None else seed + 1, name="output_dropout")
     if not self.tie_weights:
       self.softmax = keras.layers.Dense(
-          vocab_size, name="softmax", kernel_initializer=_uniform(init_scale) or "glorot_uniform")
+          vocab_size, name="softmax",
+          kernel_initializer=_uniform(init_scale) or initializers.resolve(softmax_initializer))
 
   def build(self, input_shape=None):
     if self.tie_weights:

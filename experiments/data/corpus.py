@@ -20,6 +20,7 @@ import numpy as np
 
 from tbptt.experiments.data import token_cache, token_ids
 from tbptt.experiments.data import vocab as vocab_lib
+from tbptt.experiments.data.eval_layout import EvalLayout
 from tbptt.experiments.data.tbptt import StreamLayout
 from tbptt.experiments.data.text_source import TextSource
 from tbptt.trainer.errors import ConfigError
@@ -92,7 +93,10 @@ class TextCorpus:
     level: 'char' or 'word' (see `vocab.tokenize`).
     batch_size: Training rows B (contiguous streams).
     seq_len: TBPTT chunk length T (tokens).
-    eval_batch_size: Eval rows; defaults to batch_size.
+    eval_batch_size: Eval rows, independent of batch_size. Default 1, as published perplexities
+      are measured (Zaremba et al. 2014 evaluate with batch 1): every row starts from a zero
+      state, so more rows evaluate faster but see less context at each row's start. Every token
+      of a split but the first is counted whatever the rows (see `EvalLayout`).
     stdlib_bytes: Size of the embedded corpus (bytes of source read, before the split).
 
   Raises:
@@ -102,12 +106,10 @@ class TextCorpus:
 
   def __init__(self, model_dir: str | None = None, *, train_path: str | None = None,
                valid_path: str | None = None, test_path: str | None = None, level: str = "char",
-               batch_size: int = 32, seq_len: int = 100, eval_batch_size: int | None = None,
+               batch_size: int = 32, seq_len: int = 100, eval_batch_size: int = 1,
                stdlib_bytes: int = 2_000_000):
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
                         ("eval_batch_size", eval_batch_size), ("stdlib_bytes", stdlib_bytes)):
-      if value is None and name == "eval_batch_size":
-        continue
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"TextCorpus.{name} must be a positive integer, got {value!r}")
     if level not in vocab_lib.LEVELS:
@@ -120,7 +122,7 @@ class TextCorpus:
     self.level = level
     self.batch_size = batch_size
     self.seq_len = seq_len
-    self.eval_batch_size = eval_batch_size or batch_size
+    self.eval_batch_size = eval_batch_size
     self.paths = {"train": train_path, "valid": valid_path, "test": test_path}
     for split, path in self.paths.items():  # Every path is checked before any is tokenized.
       if path is not None and path != STDLIB:
@@ -140,10 +142,9 @@ class TextCorpus:
     self.train = StreamLayout(train_ids, batch_size, seq_len,
                               f"the training text (TextCorpus.train_path={train_path!r})")
     self.evals = {
-        split: StreamLayout(_eval_ids(split, self.paths[split], self.vocab, stdlib_bytes),
-                            self.eval_batch_size, seq_len,
-                            f"the {split} text (TextCorpus.{split}_path={self.paths[split]!r}) at "
-                            f"eval_batch_size {self.eval_batch_size}")
+        split: EvalLayout(_eval_ids(split, self.paths[split], self.vocab, stdlib_bytes),
+                          self.eval_batch_size, seq_len,
+                          f"the {split} text (TextCorpus.{split}_path={self.paths[split]!r})")
         for split in ("valid", "test") if self.paths[split] is not None}
 
   def save_vocab(self) -> None:

@@ -135,3 +135,25 @@ def test_task_builds_mirrored_variables(text_files):
     task = _task(text_files)
   assert task.model.weights
   assert all(isinstance(v.value, tf.distribute.DistributedValues) for v in task.model.weights)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_evaluation_counts_every_token_of_the_split(text_files, rows):
+  from tbptt.trainer.loop import EvalLoop
+  train, valid = text_files
+
+  def corpus_fn(model_dir):
+    return TextCorpus(model_dir, train_path=train, valid_path=valid, batch_size=4, seq_len=7,
+                      eval_batch_size=rows)
+
+  task = LanguageModelTask(corpus_fn=corpus_fn,
+                           model_fn=lambda vocab_size: LanguageModel(vocab_size, units=8,
+                                                                     num_layers=1))
+  sums = EvalLoop(tf.distribute.get_strategy(), task, rows=rows)("valid")
+  ids = task.vocab.encode_text(TEXT)
+  assert sums["weight"] == len(ids) - 1 == len(TEXT) - 1
+  if rows == 1:
+    # One row is the whole text in one sequence: the chunked, state-carrying evaluation equals it.
+    logits, _ = task.model(tf.constant(ids[None, :-1], tf.int32), None)
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(ids[None, 1:], logits)
+    assert sums["loss"] == pytest.approx(float(tf.reduce_sum(loss)), rel=1e-5)

@@ -20,7 +20,7 @@ TINY = ["TextCorpus.batch_size = 4", "TextCorpus.seq_len = 10", "TextCorpus.eval
 def files(tmp_path_factory):
   root = tmp_path_factory.mktemp("data")
   paths = {}
-  for name, text in (("train", TEXT), ("valid", TEXT[:600]), ("empty", ""), ("short", "x = 1\n"),
+  for name, text in (("train", TEXT), ("valid", TEXT[:600]), ("empty", ""), ("short", "x\n"),
                      ("other", "a completely different text\n" * 50)):
     paths[name] = str(root / f"{name}.txt")
     with open(paths[name], "w") as f:
@@ -87,8 +87,8 @@ BAD_INPUTS = {
     "empty corpus": (lambda f: [f"--gin_bindings=TextCorpus.valid_path='{f['empty']}'"],
                      r"TextCorpus.valid_path=.*empty.txt' is empty"),
     "too-short corpus": (lambda f: [f"--gin_bindings=TextCorpus.valid_path='{f['short']}'"],
-                         r"the valid text .* has 6 tokens, fewer than one batch needs: "
-                         r"batch_size 4 x \(seq_len 10 \+ 1\) = 44"),
+                         r"the valid text .* has 2 tokens, fewer than one batch needs: "
+                         r"eval_batch_size 4 rows \+ 1 = 5"),
     "zero steps": (lambda f: ["--gin_bindings=Trainer.train_steps = 0"],
                    "Trainer.train_steps must be a positive integer, got 0"),
     "negative steps": (lambda f: ["--gin_bindings=Trainer.steps_per_loop = -5"],

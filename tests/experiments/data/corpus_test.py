@@ -36,7 +36,7 @@ def test_word_corpus_layout_and_unknown_eval_words(ptb_like):
   assert corpus.vocab.tokens[0] == "<unk>" and "<eos>" in corpus.vocab.tokens
   assert corpus.train.streams.shape == (2, 140)  # 40 lines of 6 words and <eos>
   # "a" and "bird" never occur in the training text: 2 unknown words on each of 10 lines.
-  assert corpus.evals["test"].streams.size == 70 and (corpus.evals["test"].streams == 0).sum() == 20
+  assert corpus.evals["test"].ids.size == 70 and (corpus.evals["test"].ids == 0).sum() == 20
   assert corpus.vocab.decode(corpus.train.streams[0, :8]) == "the cat sat on the mat\nthe"
 
 
@@ -52,7 +52,8 @@ def test_empty_and_too_short_texts(ptb_like, tmp_path):
   empty.write_text("  \n")
   with pytest.raises(ConfigError, match=r"TextCorpus.valid_path=.*empty.txt' is empty"):
     _corpus({**ptb_like, "valid": str(empty)})
-  with pytest.raises(ConfigError, match=r"the valid text .* fewer than one batch"):
+  with pytest.raises(ConfigError, match=r"the valid text .* has 60 tokens, fewer than one batch "
+                                        r"needs: eval_batch_size 100 rows \+ 1 = 101"):
     _corpus(ptb_like, eval_batch_size=100)
   with pytest.raises(ConfigError, match="TextCorpus.seq_len must be a positive integer, got 0"):
     _corpus(ptb_like, seq_len=0)
