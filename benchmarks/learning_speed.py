@@ -304,17 +304,40 @@ def report(results: dict, args, order: list) -> tuple[str, bool]:
   return "\n".join(lines), passed
 
 
+def report_file(args) -> int:
+  """The table of the runs recorded in `args.report`, in their candidates' first-seen order."""
+  results, order, seeds = {}, [], set()
+  with open(args.report) as f:
+    for line in f:
+      run = json.loads(line)
+      if run["corpus"] not in args.corpora:
+        continue
+      results.setdefault((run["corpus"], run["name"]), []).append(run)
+      seeds.add(run["seed"])
+      order += [] if run["name"] in order else [run["name"]]
+      args.quick = run["quick"]
+  args.seeds = sorted(seeds)
+  text, passed = report(results, args, order)
+  print(text)
+  return 0 if passed or "torch" not in order else 1
+
+
 def parse_args(argv):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--candidates", default="ours,torch", help="ours, torch, keras")
   parser.add_argument("--corpora", default=",".join(CORPORA))
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("--ablation", action="store_true",
-                      help="ours with each initialisation of ABLATION instead of the candidates")
+                      help="ours with each initialisation of ABLATION (and torch, if a candidate) "
+                      "instead of the candidates")
   parser.add_argument("--jobs", type=int, default=1,
                       help="runs at once (their tokens/s then disturb each other)")
+  parser.add_argument("--variants", help="with --ablation: which of them, as indices (default all)")
   parser.add_argument("--quick", action="store_true", help="smoke run: a tiny model, 20 steps")
   parser.add_argument("--workdir", help="where runs and the split pydoc text go (default: temp)")
+  parser.add_argument("--results", help="also append each run's result to this JSON-lines file")
+  parser.add_argument("--report", help="print the table of the runs in this JSON-lines file (from "
+                      "--results, possibly of several invocations) and run nothing")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   args.candidates = args.candidates.split(",")
@@ -328,11 +351,16 @@ def main(argv=None) -> int:
   if args.child:
     child(json.loads(args.child))
     return 0
+  if args.report:
+    return report_file(args)
   workdir = args.workdir or tempfile.mkdtemp(prefix="learning_speed-")
   os.makedirs(workdir, exist_ok=True)
   if args.ablation:
-    names = ["torch"] + list(ABLATION)
-    jobs = [("torch", "torch", ())] + [("ours", name, ABLATION[name]) for name in ABLATION]
+    variants = [name for i, name in enumerate(ABLATION)
+                if args.variants is None or str(i) in args.variants.split(",")]
+    names = (["torch"] if "torch" in args.candidates else []) + variants
+    jobs = [("torch", "torch", ())] * ("torch" in args.candidates) + [
+        ("ours", name, ABLATION[name]) for name in variants]
   else:
     names = args.candidates
     jobs = [(name, name, ()) for name in names]
@@ -348,6 +376,10 @@ def main(argv=None) -> int:
                       "quick": args.quick, "tag": index})
     print(f"{corpus} seed {seed} {name}: {result['bits_per_char']:.4f} bits/char, "
           f"{result['tokens_per_sec']:,.0f} tokens/s", flush=True)
+    if args.results:
+      with open(args.results, "a") as f:
+        f.write(json.dumps({"corpus": corpus, "seed": seed, "name": name, "jobs": args.jobs,
+                            "quick": args.quick, **result}) + "\n")
     return result
 
   # Several runs at once share the cores: use --jobs 1 when tokens/s matter.
