@@ -205,7 +205,8 @@ class Checkpointer:
     self._before_save()
     self._sweep_debris()
     prefix = os.path.join(directory, f"{CHECKPOINT_NAME}-{step}")
-    if prefix in listed(directory) or tf.io.gfile.exists(prefix + ".index"):
+    # A listed ckpt-<step> is a complete one, so it has its index: the index alone tells.
+    if tf.io.gfile.exists(prefix + ".index"):
       self._drop(directory, [prefix])
     with quiet_tensorflow():
       path = self._manager(directory).save(checkpoint_number=step)
