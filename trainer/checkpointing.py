@@ -10,7 +10,8 @@ short (SIGKILL, a second signal, a full disk) is never restored: the previous ch
 deleted only after the state file stopped listing them, so the state file never lists an
 incomplete checkpoint (the manager's own `max_to_keep` deletes first and rewrites the list after):
 old checkpoints beyond `max_to_keep`, and a listed step that is saved again (see `save`). `latest`
-also skips a listed checkpoint whose files are not all there (e.g. deleted by hand).
+also skips a listed checkpoint whose files are not all there (e.g. deleted by hand). The work on
+the files themselves (which checkpoints are whole, dropping them) is `checkpoint_files`'.
 
 Values that live outside variables (the carried per-replica state) are copied in by `before_save`
 and back out by `after_restore`. TensorFlow's own log lines about each save and restore are
@@ -22,8 +23,6 @@ save (as TensorFlow's multi-worker guide prescribes). Every worker restores from
 directory.
 """
 
-import contextlib
-import glob
 import logging
 import os
 import re
@@ -32,10 +31,12 @@ from typing import Callable
 import tensorflow as tf
 
 from tbptt.trainer import checkpoint_recovery
+from tbptt.trainer.checkpoint_files import (CHECKPOINT_NAME, complete, drop, is_complete, listed,
+                                            quiet_tensorflow, sweep_debris)
 from tbptt.trainer.errors import ConfigError
 
-CHECKPOINT_NAME = "ckpt"
-_SHARD = re.compile(r"\.data-(\d+)-of-(\d+)$")
+__all__ = ["CHECKPOINT_NAME", "Checkpointer", "complete", "is_complete"]
+_log = logging.getLogger("tbptt.trainer")
 
 
 def _first_line(error: BaseException) -> str:
@@ -64,18 +65,6 @@ def _mismatch(error: BaseException) -> str:
             + (f" ({key[1].split('/.ATTRIBUTES')[0]})" if key else "")
             + ", which the model does not have")
   return _first_line(re.sub(r"\{\{function_node [^}]*\}\}\s*", "", text))
-
-
-def is_complete(prefix: str) -> bool:
-  """Whether checkpoint `prefix` has its `.index` and every `.data-i-of-n` shard."""
-  if not tf.io.gfile.exists(prefix + ".index"):
-    return False
-  shards = {}
-  for path in tf.io.gfile.glob(glob.escape(prefix) + ".data-*-of-*"):
-    match = _SHARD.search(path)
-    if match:
-      shards.setdefault(int(match[2]), set()).add(int(match[1]))
-  return any(found == set(range(total)) for total, found in shards.items())
 
 
 class Checkpointer:
@@ -123,7 +112,7 @@ class Checkpointer:
   @property
   def checkpoints(self) -> list[str]:
     """Path prefixes of the complete checkpoints the state file lists, oldest first."""
-    return _listed(self.directory)
+    return listed(self.directory)
 
   @property
   def latest(self) -> str | None:
@@ -166,7 +155,7 @@ class Checkpointer:
     for line in choice.warnings:
       _log.warning(line)
     if not read_only and self.write_directory is None and (choice.rewrite_state or choice.corrupt):
-      with _quiet_tensorflow(logging.ERROR):  # update_checkpoint_state's deprecation notice.
+      with quiet_tensorflow(logging.ERROR):  # update_checkpoint_state's deprecation notice.
         checkpoint_recovery.apply(self.directory, choice)
       self._managers.pop(self.directory, None)  # It caches what it manages.
     return choice.path
@@ -185,7 +174,7 @@ class Checkpointer:
     if path is None:
       return None
     try:
-      with _quiet_tensorflow():
+      with quiet_tensorflow():
         status = self._checkpoint.restore(path)
         status.assert_consumed()
     except (AssertionError, ValueError, TypeError, tf.errors.OpError) as e:
@@ -216,13 +205,13 @@ class Checkpointer:
     self._before_save()
     self._sweep_debris()
     prefix = os.path.join(directory, f"{CHECKPOINT_NAME}-{step}")
-    if prefix in _listed(directory) or tf.io.gfile.exists(prefix + ".index"):
+    # A listed ckpt-<step> is a complete one, so it has its index: the index alone tells.
+    if tf.io.gfile.exists(prefix + ".index"):
       self._drop(directory, [prefix])
-    with _quiet_tensorflow():
+    with quiet_tensorflow():
       path = self._manager(directory).save(checkpoint_number=step)
     _log.debug("Saved %s.", path)
-    listed = _listed(directory)
-    excess = listed[:-self._keep[directory]]
+    excess = listed(directory)[:-self._keep[directory]]
     if excess:
       self._drop(directory, excess)
     return path
@@ -234,80 +223,18 @@ class Checkpointer:
     if self._swept:
       return
     self._swept = True
-    for directory in (self.directory, os.path.join(self.directory, "best")):
-      pattern = os.path.join(glob.escape(directory), f"{CHECKPOINT_NAME}-*_temp")
-      for path in tf.io.gfile.glob(pattern):
-        if tf.io.gfile.isdir(path):
-          tf.io.gfile.rmtree(path)
+    sweep_debris([self.directory, os.path.join(self.directory, "best")])
 
   def _save_scratch(self, step: int, directory: str) -> str:
     """A non-chief worker's save: the same values, written and then thrown away."""
     self._before_save()
-    with _quiet_tensorflow():
+    with quiet_tensorflow():
       path = self._checkpoint.write(os.path.join(directory, f"{CHECKPOINT_NAME}-{step}"))
     if tf.io.gfile.exists(self.write_directory):
       tf.io.gfile.rmtree(self.write_directory)
     return path
 
   def _drop(self, directory: str, prefixes: list[str]) -> None:
-    """Removes checkpoints from `directory`'s state file (one atomic rewrite), then their files.
-
-    Whenever the process is killed, the state file lists only checkpoints whose files are whole.
-    """
-    state = tf.train.get_checkpoint_state(directory)
-    listed = list(state.all_model_checkpoint_paths) if state is not None else []
-    stamps = list(state.all_model_checkpoint_timestamps) if state is not None else []
-    if len(stamps) != len(listed):
-      stamps = [None] * len(listed)
-    kept = [(_absolute(directory, p), t) for p, t in zip(listed, stamps)]
-    kept = [(p, t) for p, t in kept if p not in prefixes and is_complete(p)]
-    if kept:
-      # With their timestamps: a manager only manages (and lists) checkpoints that have one newer
-      # than the last preserved timestamp.
-      # Relative names, as the manager writes them, so model_dir can be moved.
-      timestamps = [t for _, t in kept]
-      names = [os.path.relpath(p, directory) for p, _ in kept]
-      # Deprecated in favour of CheckpointManager, which cannot drop a checkpoint from its list
-      # before deleting the files: its warning would only be noise on the console.
-      with _quiet_tensorflow(logging.ERROR):
-        tf.compat.v1.train.update_checkpoint_state(
-            directory, names[-1], all_model_checkpoint_paths=names,
-            all_model_checkpoint_timestamps=None if None in timestamps else timestamps,
-            last_preserved_timestamp=state.last_preserved_timestamp)
-    else:
-      state_file = os.path.join(directory, "checkpoint")
-      if tf.io.gfile.exists(state_file):
-        tf.io.gfile.remove(state_file)
-    for prefix in prefixes:
-      for path in tf.io.gfile.glob(glob.escape(prefix) + ".*"):
-        tf.io.gfile.remove(path)
+    """Drops checkpoints from `directory`'s state file, then deletes their files (see `drop`)."""
+    drop(directory, prefixes)
     self._managers.pop(directory, None)  # It caches what it manages.
-
-
-_log = logging.getLogger("tbptt.trainer")
-
-
-@contextlib.contextmanager
-def _quiet_tensorflow(minimum: int = logging.WARNING):
-  """TensorFlow logs at INFO on every save (e.g. 'Sharding callback duration', through absl's
-  logger): keep what is below `minimum` out of the console unless the `tbptt` logger is at DEBUG."""
-  loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")]
-  levels = [logger.level for logger in loggers]
-  if not logging.getLogger("tbptt").isEnabledFor(logging.DEBUG):
-    for logger, level in zip(loggers, levels):
-      logger.setLevel(max(level, minimum))
-  try:
-    yield
-  finally:
-    for logger, level in zip(loggers, levels):
-      logger.setLevel(level)
-
-
-def _absolute(directory: str, path: str) -> str:
-  return path if os.path.isabs(path) else os.path.join(directory, path)
-
-
-def _listed(directory: str) -> list[str]:
-  """Path prefixes of the complete checkpoints `directory`'s state file lists, oldest first (none
-  if it is missing or unreadable: `choose` rebuilds it before anything is saved)."""
-  return [p for p in checkpoint_recovery.committed(directory) or [] if is_complete(p)]

@@ -163,12 +163,17 @@ class Controller:
 
     # Each step's own values at its own step (not loop averages), so a resumed run repeats them
     # exactly.
+    # The RMS of the carried state after the loop, at its last step, if the loop crossed a multiple
+    # of summary_interval (in the same write as that step's scalars when it is one).
     first = self._summary_interval - step % self._summary_interval
-    for i in range(first - 1, outputs.steps, self._summary_interval):
-      self._summaries.scalars("train", step + i + 1, metrics(i))
-    end = step + outputs.steps
-    if end // self._summary_interval > step // self._summary_interval:
-      self._summaries.scalars("train", end, {"state": outputs.state_rms})
+    written = range(first - 1, outputs.steps, self._summary_interval)
+    for i in written:
+      values = metrics(i)
+      if i == outputs.steps - 1:
+        values["state"] = outputs.state_rms
+      self._summaries.scalars("train", step + i + 1, values)
+    if written and written[-1] != outputs.steps - 1:
+      self._summaries.scalars("train", step + outputs.steps, {"state": outputs.state_rms})
     return outputs, metrics(outputs.steps - 1)
 
   def _interrupted(self, signum, step: int) -> TrainingInterrupted:

@@ -72,6 +72,7 @@ class Runner:
     # Compiled once: an eager strategy.gather would retrace on every checkpoint.
     self._gather = tf.function(lambda state: distribute.gather_rows(strategy, state))
     self.state = self._zero_state()
+    self._step = None  # The global step as the loops left it; None: read the variable.
 
   # -- construction --------------------------------------------------------------------------------
 
@@ -103,12 +104,21 @@ class Runner:
 
   @property
   def step(self) -> int:
-    """The global step (steps taken, skipped ones included)."""
-    return int(self.global_step.numpy())
+    """The global step (steps taken, skipped ones included).
+
+    Read from its variable once, then counted along with the loops (each step taken adds one);
+    read again after a restore.
+    """
+    if self._step is None:
+      self._step = int(self.global_step.numpy())
+    return self._step
 
   def train(self, num_steps: int) -> TrainOutputs:
     """Runs `num_steps` steps (fewer if a stop was requested or too many were non-finite)."""
+    step = self.step
+    self._step = None  # Unknown until the loop returns (and if it raises).
     self.state, outputs = self._train_loop(num_steps, self.state)
+    self._step = step + outputs.steps
     return outputs
 
   def evaluate(self, split: str) -> dict | None:
@@ -144,6 +154,7 @@ class Runner:
 
   def state_from_variables(self) -> None:
     """Sets the carried state from the checkpointed variables (after a restore)."""
+    self._step = None  # The restore set the step too.
     with self.strategy.scope():
       values = tf.nest.pack_sequence_as(self._state_structure,
                                         [v.read_value() for v in self._state_variables])

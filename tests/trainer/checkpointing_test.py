@@ -14,7 +14,8 @@ from tensorflow.python.checkpoint import checkpoint_management
 from tensorflow.python.util import deprecation
 
 from file_digest import digest
-from tbptt.trainer.checkpointing import Checkpointer, is_complete
+from tbptt.trainer.checkpoint_files import is_complete
+from tbptt.trainer.checkpointing import Checkpointer
 from tbptt.trainer.errors import ConfigError
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from tbptt.trainer.checkpointing import is_complete
+from tbptt.trainer.checkpoint_files import is_complete
 from events import read_scalars
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,27 @@
+"""checkpoint_files: which checkpoints are whole, from one listing of their folder."""
+
+import os
+
+from tbptt.trainer.checkpoint_files import complete, is_complete
+
+
+def touch(directory, *names):
+  for name in names:
+    with open(os.path.join(directory, name), "w") as f:
+      f.write("x")
+
+
+def test_a_checkpoint_is_whole_with_its_index_and_every_shard(tmp_path):
+  d = str(tmp_path)
+  touch(d, "ckpt-1.index", "ckpt-1.data-00000-of-00001",
+        "ckpt-2.index", "ckpt-2.data-00000-of-00002",  # A shard missing.
+        "ckpt-3.data-00000-of-00001",  # No index.
+        "ckpt-4.index", "ckpt-4.data-00000-of-00002", "ckpt-4.data-00001-of-00002",
+        "ckpt-40.index", "ckpt-40.data-00000-of-00001")
+  prefixes = [os.path.join(d, f"ckpt-{n}") for n in (4, 1, 2, 3, 40, 5)]
+  assert complete(prefixes) == [prefixes[0], prefixes[1], prefixes[4]]
+  assert is_complete(os.path.join(d, "ckpt-4")) and not is_complete(os.path.join(d, "ckpt-2"))
+
+
+def test_a_missing_folder_holds_no_checkpoint(tmp_path):
+  assert complete([str(tmp_path / "gone" / "ckpt-1")]) == []
