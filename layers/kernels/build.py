@@ -76,7 +76,7 @@ def mkl() -> dict | None:
 def compile_flags() -> list:
   """Optimisation, architecture, MKL and TensorFlow's own flags (ABI, C++ standard, Eigen
   alignment)."""
-  flags = ["-shared", "-fPIC", "-O3", "-DNDEBUG", "-w"]
+  flags = ["-shared", "-fPIC", "-O3", "-fopenmp-simd", "-DNDEBUG", "-w"]
   found = mkl()
   if found:
     flags += ["-DTBPTT_WITH_MKL", f"-I{found['include']}",

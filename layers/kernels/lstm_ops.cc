@@ -102,33 +102,85 @@ using Array = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <typename T>
 using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
 
-// Layer norm of one row v[n] in place to v_hat (zero mean, unit variance); returns 1/std. The sums
-// are vectorised and accumulated in double: float32 rounding in them would show in the gradients.
+// Layer-norm statistics of one row v[n]: its mean and 1/sqrt(variance + epsilon), in two passes
+// (the variance from the centred values). The sums run in T with Eigen's vectorised reduction
+// (several packet accumulators), as the graph loop's reduce_mean sums in T too.
 template <typename T>
-inline T NormalizeRow(T* v, int n, T epsilon) {
-  Eigen::Map<RowArray<T>> a(v, n);
-  const double mean = a.template cast<double>().sum() / n;
-  a -= T(mean);
-  const double var = a.template cast<double>().square().sum() / n;
-  const T inv_std = T(1.0 / std::sqrt(var + double(epsilon)));
-  a *= inv_std;
-  return inv_std;
+inline void RowStats(const T* v, int n, T epsilon, T* mean, T* inv_std) {
+  Eigen::Map<const RowArray<T>> a(v, n);
+  const T mu = a.sum() / T(n);
+  const T var = (a - mu).square().sum() / T(n);
+  *mean = mu;
+  *inv_std = T(1) / std::sqrt(var + epsilon);
 }
 
-// Gradient of y = gamma * v_hat (+ beta) for one row: dv from dy (dv may be dy); accumulates
-// dgamma (and dbeta).
+// Gradient of y = gamma * v_hat (+ beta) for one row of n, where v_hat = (src - mu) * scale (src
+// is the row before its norm, or v_hat itself with mu = 0, scale = 1): dv from dy (dv may be dy);
+// accumulates dgamma (and dbeta). One pass for the two sums and the gain gradients, one for dv;
+// `omp simd` (-fopenmp-simd, no OpenMP runtime) lets the compiler vectorise the sums.
 template <typename T>
-inline void NormalizeRowGrad(const T* dy, const T* v_hat, T inv_std, const T* gamma, int n, T* dv,
-                             T* dgamma, T* dbeta, T* scratch) {
-  Eigen::Map<const RowArray<T>> d(dy, n), vh(v_hat, n), g(gamma, n);
-  Eigen::Map<RowArray<T>> dg(scratch, n);  // d(v_hat)
-  dg = d * g;
-  const double mean_d = dg.template cast<double>().sum() / n;
-  const double mean_dv = (dg * vh).template cast<double>().sum() / n;
-  Eigen::Map<RowArray<T>>(dgamma, n) += d * vh;
-  if (dbeta != nullptr) Eigen::Map<RowArray<T>>(dbeta, n) += d;
-  Eigen::Map<RowArray<T>>(dv, n) = inv_std * (dg - T(mean_d) - vh * T(mean_dv));
+inline void NormalizeRowGrad(const T* dy, const T* src, T mu, T scale, T inv_std, const T* gamma,
+                             int n, T* dv, T* dgamma, T* dbeta) {
+  T sum_d = 0, sum_dv = 0;
+  if (dbeta != nullptr) {
+#pragma omp simd reduction(+ : sum_d, sum_dv)
+    for (int j = 0; j < n; ++j) {
+      const T vh = (src[j] - mu) * scale, dg = dy[j] * gamma[j];
+      sum_d += dg;
+      sum_dv += dg * vh;
+      dgamma[j] += dy[j] * vh;
+      dbeta[j] += dy[j];
+    }
+  } else {
+#pragma omp simd reduction(+ : sum_d, sum_dv)
+    for (int j = 0; j < n; ++j) {
+      const T vh = (src[j] - mu) * scale, dg = dy[j] * gamma[j];
+      sum_d += dg;
+      sum_dv += dg * vh;
+      dgamma[j] += dy[j] * vh;
+    }
+  }
+  const T mean_d = sum_d / T(n), mean_dv = sum_dv / T(n);
+#pragma omp simd
+  for (int j = 0; j < n; ++j) {
+    const T vh = (src[j] - mu) * scale;
+    dv[j] = inv_std * (dy[j] * gamma[j] - mean_d - vh * mean_dv);
+  }
 }
+
+// Both norms' gradients from one row dz of z = gamma_r * r_hat + gamma_x * x_hat + bias (the
+// layer-norm variant): the recurrent one to dr (r_hat is stored normalised), the input one to dz
+// itself (x_hat = (x - mu_x) * inv_x from the raw input projection x), in two passes over the row.
+template <typename T>
+inline void NormalizeRowGrad2(T* dz, const T* r_hat, T inv_r, const T* gamma_r, T* dr,
+                              T* dgamma_r, const T* x, T mu_x, T inv_x, const T* gamma_x,
+                              T* dgamma_x, T* dbias, int n) {
+  T sum_r = 0, sum_rv = 0, sum_x = 0, sum_xv = 0;
+#pragma omp simd reduction(+ : sum_r, sum_rv, sum_x, sum_xv)
+  for (int j = 0; j < n; ++j) {
+    const T d = dz[j], rv = r_hat[j], xv = (x[j] - mu_x) * inv_x;
+    const T dgr = d * gamma_r[j], dgx = d * gamma_x[j];
+    sum_r += dgr;
+    sum_rv += dgr * rv;
+    sum_x += dgx;
+    sum_xv += dgx * xv;
+    dgamma_r[j] += d * rv;
+    dgamma_x[j] += d * xv;
+    dbias[j] += d;
+  }
+  const T mr = sum_r / T(n), mrv = sum_rv / T(n), mx = sum_x / T(n), mxv = sum_xv / T(n);
+#pragma omp simd
+  for (int j = 0; j < n; ++j) {
+    const T d = dz[j], xv = (x[j] - mu_x) * inv_x;
+    dr[j] = inv_r * (d * gamma_r[j] - mr - r_hat[j] * mrv);
+    dz[j] = inv_x * (d * gamma_x[j] - mx - xv * mxv);
+  }
+}
+
+// Per row of every step, the forward op keeps (mean, 1/std) of the recurrent, input and cell norms
+// (output norm_stats [T, B, kStats]), so the backward op reduces nothing twice.
+constexpr int kStats = 6;
+enum StatIndex { kRecMean = 0, kRecInv = 1, kInMean = 2, kInInv = 3, kCellMean = 4, kCellInv = 5 };
 
 // The sizes of one call, read from the forward op's inputs.
 struct Dims {
@@ -218,9 +270,10 @@ REGISTER_OP("TbpttLstmForward")
     .Output("c: T")              // [T, B, u] the carried c after every step
     .Output("gates: T")          // [T, B, 4u] sigmoid(z_i), sigmoid(z_f), tanh(z_c), sigmoid(z_o)
     .Output("cell_raw: T")       // [T, B, u] c before the clip (with cell_clip; else empty)
-    .Output("recurrent_raw: T")  // [T, B, 4u] h_in R before its norm (layer norm; else empty)
+    .Output("recurrent_hat: T")  // [T, B, 4u] h_in R normalised (layer norm; else empty)
     .Output("unprojected: T")    // [T, B, u] m (projection; else empty)
     .Output("projected_raw: T")  // [T, B, p] m P before the clip (proj_clip; else empty)
+    .Output("norm_stats: T")     // [T, B, 6] (mean, 1/std) of each norm (a norm; else empty)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle xz = c->input(0);
       TF_RETURN_IF_ERROR(c->WithRank(xz, 3, &xz));
@@ -229,7 +282,7 @@ REGISTER_OP("TbpttLstmForward")
       c->set_output(0, c->MakeShape({steps, batch, out}));
       c->set_output(1, c->MakeShape({steps, batch, units}));
       c->set_output(2, c->MakeShape({steps, batch, four_u}));
-      for (int i = 3; i < 7; ++i) c->set_output(i, c->UnknownShape());
+      for (int i = 3; i < 8; ++i) c->set_output(i, c->UnknownShape());
       return Status();
     });
 
@@ -239,9 +292,10 @@ REGISTER_OP("TbpttLstmBackward")
     .Input("c: T")
     .Input("gates: T")
     .Input("cell_raw: T")
-    .Input("recurrent_raw: T")
+    .Input("recurrent_hat: T")
     .Input("unprojected: T")
     .Input("projected_raw: T")
+    .Input("norm_stats: T")
     .Input("dh: T")  // [T, B, out] gradient arriving at h of every step
     .Input("dc: T")  // [T, B, u]
     .Output("dxz: T")              // [T, B, 4u] gradient of the input projection (= dz)
@@ -306,6 +360,7 @@ template <typename T>
 class LstmForwardOp : public LstmOpBase {
   using Block = Eigen::Map<Array<T>>;
   using ConstBlock = Eigen::Map<const Array<T>>;
+  using Row = Eigen::Map<RowArray<T>>;
   using ConstRow = Eigen::Map<const RowArray<T>>;
 
  public:
@@ -318,17 +373,19 @@ class LstmForwardOp : public LstmOpBase {
     T cclip, pclip, eps;
     OP_REQUIRES_OK(ctx, ReadSettings(ctx, &cclip, &pclip, &eps));
     const bool clip_c = cclip > 0, clip_p = d.projection && pclip > 0;
+    const bool norms = d.layer_norm || d.input_norm;
     auto alloc = [ctx](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
       AllocateOutput(ctx, i, on, dims, ptr);
     };
-    T *h_all, *c_all, *gates, *cell_raw, *rec_raw, *unproj, *proj_raw;
+    T *h_all, *c_all, *gates, *cell_raw, *rec_hat, *unproj, *proj_raw, *stats;
     alloc(0, true, {S, B, O}, &h_all);
     alloc(1, true, {S, B, U}, &c_all);
     alloc(2, true, {S, B, G}, &gates);
     alloc(3, clip_c, {S, B, U}, &cell_raw);
-    alloc(4, d.layer_norm, {S, B, G}, &rec_raw);
+    alloc(4, d.layer_norm, {S, B, G}, &rec_hat);
     alloc(5, d.projection, {S, B, U}, &unproj);
     alloc(6, clip_p, {S, B, O}, &proj_raw);
+    alloc(7, norms, {S, B, kStats}, &stats);
     if (!ctx->status().ok() || S == 0) return;
 
     const T* xz = ctx->input(0).flat<T>().data();
@@ -344,15 +401,16 @@ class LstmForwardOp : public LstmOpBase {
     const T* rmask = ctx->input(10).flat<T>().data();
     const T* zc = ctx->input(11).flat<T>().data();
     const T* zh = ctx->input(12).flat<T>().data();
+    const T* in_gamma = ctx->input(14).flat<T>().data();
+    const T* bias = ctx->input(15).flat<T>().data();
 
     // Whole [B, n] blocks go through Eigen's array expressions, which vectorise the sigmoid and
     // tanh; a scalar loop over std::exp and std::tanh costs more than the matrix product here.
-    std::vector<T> h_in(d.recurrent_mask ? B * O : 0), rec(B * G), m(d.projection ? B * U : 0),
-        cn(B * U), xn_buf(d.input_norm ? B * G : 0);
-    const T* in_gamma = ctx->input(14).flat<T>().data();
-    const T* bias = ctx->input(15).flat<T>().data();
-    ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), rg(rgamma, G), cg(cgamma, U),
-        cb(cbeta, U);
+    // Each gate is computed in one pass from its pre-activation terms (peepholes included).
+    std::vector<T> h_in(d.recurrent_mask ? B * O : 0), rec(d.layer_norm ? 0 : B * G),
+        m(d.projection ? B * U : 0);
+    ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), rg(rgamma, G), ig(in_gamma, G),
+        bs(bias, G), cg(cgamma, U), cb(cbeta, U);
     for (int t = 0; t < S; ++t) {
       const T* h_prev = t == 0 ? h0 : h_all + int64_t(t - 1) * B * O;
       const T* c_prev = t == 0 ? c0 : c_all + int64_t(t - 1) * B * U;
@@ -361,29 +419,64 @@ class LstmForwardOp : public LstmOpBase {
         for (int k = 0; k < B * O; ++k) h_in[k] = h_prev[k] * rmask[k];
         lhs = h_in.data();
       }
-      Gemm<T>(ctx, gemm_, lhs, rk, rec.data(), B, O, G, false, false);
       const int64_t row0 = int64_t(t) * B;
-      Block r(rec.data(), B, G);
-      if (d.layer_norm) {
-        std::copy(rec.begin(), rec.end(), rec_raw + row0 * G);
-        for (int b = 0; b < B; ++b) NormalizeRow(rec.data() + int64_t(b) * G, G, eps);
-        r.rowwise() *= rg;
-      }
+      // With layer norm the product is normalised in place in the output the backward op reads.
+      T* r = d.layer_norm ? rec_hat + row0 * G : rec.data();
+      Gemm<T>(ctx, gemm_, lhs, rk, r, B, O, G, false, false);
+      const T* xzt = xz + row0 * G;
       Block gt(gates + row0 * G, B, G);
-      if (d.input_norm) {
-        Block xn(xn_buf.data(), B, G);
-        xn = ConstBlock(xz + row0 * G, B, G);
-        for (int b = 0; b < B; ++b) NormalizeRow(xn_buf.data() + int64_t(b) * G, G, eps);
-        gt = (xn.rowwise() * ConstRow(in_gamma, G)).rowwise() + ConstRow(bias, G) + r;
+      if (norms) {
+        for (int b = 0; b < B; ++b) {
+          T* st = stats + (row0 + b) * kStats;
+          Row rr(r + int64_t(b) * G, G), g(gates + (row0 + b) * G, G);
+          ConstRow xb(xzt + int64_t(b) * G, G);
+          if (d.layer_norm && d.input_norm) {  // both norms and the sum in one pass
+            RowStats(rr.data(), G, eps, st + kRecMean, st + kRecInv);
+            RowStats(xb.data(), G, eps, st + kInMean, st + kInInv);
+            const T rm = st[kRecMean], ri = st[kRecInv], xm = st[kInMean], xi = st[kInInv];
+            T* rp = rr.data();
+            T* gp = g.data();
+            const T* xp = xb.data();
+#pragma omp simd
+            for (int j = 0; j < G; ++j) {
+              const T rh = (rp[j] - rm) * ri;
+              rp[j] = rh;
+              gp[j] = (xp[j] - xm) * xi * in_gamma[j] + bias[j] + rh * rgamma[j];
+            }
+            continue;
+          }
+          if (d.layer_norm) {
+            RowStats(rr.data(), G, eps, st + kRecMean, st + kRecInv);
+            rr = (rr - st[kRecMean]) * st[kRecInv];
+          }
+          if (d.input_norm) {
+            RowStats(xb.data(), G, eps, st + kInMean, st + kInInv);
+            if (d.layer_norm) {
+              g = (xb - st[kInMean]) * st[kInInv] * ig + bs + rr * rg;
+            } else {
+              g = (xb - st[kInMean]) * st[kInInv] * ig + bs + rr;
+            }
+          } else {
+            g = xb + rr * rg;
+          }
+        }
       } else {
-        gt = ConstBlock(xz + row0 * G, B, G) + r;
+        gt = ConstBlock(xzt, B, G) + ConstBlock(r, B, G);
       }
       ConstBlock cp(c_prev, B, U);
+      // A broadcast row (`block.rowwise() * p`) has no packet access, and Eigen would evaluate
+      // the whole expression, logistic and tanh included, one scalar at a time: the peephole and
+      // norm terms are added row by row.
       if (d.peepholes) {
-        gt.leftCols(U) += cp.rowwise() * pi;
-        gt.middleCols(U, U) += cp.rowwise() * pf;
+        for (int b = 0; b < B; ++b) {
+          T* gb = gates + (row0 + b) * G;
+          ConstRow cpb(c_prev + int64_t(b) * U, U);
+          Row(gb, U) = (Row(gb, U) + cpb * pi).logistic();
+          Row(gb + U, U) = (Row(gb + U, U) + cpb * pf).logistic();
+        }
+      } else {
+        gt.leftCols(2 * U) = gt.leftCols(2 * U).logistic();
       }
-      gt.leftCols(2 * U) = gt.leftCols(2 * U).logistic();
       gt.middleCols(2 * U, U) = gt.middleCols(2 * U, U).tanh();
       Block c(c_all + row0 * U, B, U);
       c = gt.middleCols(U, U) * cp + gt.leftCols(U) * gt.middleCols(2 * U, U);
@@ -391,16 +484,26 @@ class LstmForwardOp : public LstmOpBase {
         Block(cell_raw + row0 * U, B, U) = c;
         c = c.max(-cclip).min(cclip);
       }
-      if (d.peepholes) gt.rightCols(U) += c.rowwise() * po;
-      gt.rightCols(U) = gt.rightCols(U).logistic();
-      Block cnb(cn.data(), B, U);
-      cnb = c;
-      if (d.layer_norm) {
-        for (int b = 0; b < B; ++b) NormalizeRow(cn.data() + int64_t(b) * U, U, eps);
-        cnb.rowwise() *= cg;
-        cnb.rowwise() += cb;
+      if (d.peepholes) {
+        for (int b = 0; b < B; ++b) {
+          Row ob(gates + (row0 + b) * G + 3 * U, U);
+          ob = (ob + ConstRow(c_all + (row0 + b) * U, U) * po).logistic();
+        }
+      } else {
+        gt.rightCols(U) = gt.rightCols(U).logistic();
       }
-      Block(d.projection ? m.data() : h_all + row0 * O, B, U) = gt.rightCols(U) * cnb.tanh();
+      T* mt = d.projection ? m.data() : h_all + row0 * O;
+      if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) {
+          T* st = stats + (row0 + b) * kStats;
+          ConstRow cr(c_all + (row0 + b) * U, U), o(gates + (row0 + b) * G + 3 * U, U);
+          RowStats(cr.data(), U, eps, st + kCellMean, st + kCellInv);
+          Row(mt + int64_t(b) * U, U) =
+              o * ((cr - st[kCellMean]) * st[kCellInv] * cg + cb).tanh();
+        }
+      } else {
+        Block(mt, B, U) = gt.rightCols(U) * c.tanh();
+      }
       T* h = h_all + row0 * O;
       if (d.projection) {
         std::copy(m.begin(), m.end(), unproj + row0 * U);
@@ -433,6 +536,7 @@ template <typename T>
 class LstmBackwardOp : public LstmOpBase {
   using Block = Eigen::Map<Array<T>>;
   using ConstBlock = Eigen::Map<const Array<T>>;
+  using Row = Eigen::Map<RowArray<T>>;
   using ConstRow = Eigen::Map<const RowArray<T>>;
 
  public:
@@ -480,18 +584,24 @@ class LstmBackwardOp : public LstmOpBase {
     const T* rmask = ctx->input(10).flat<T>().data();
     const T* zc = ctx->input(11).flat<T>().data();
     const T* zh = ctx->input(12).flat<T>().data();
-    const T* h_all = ctx->input(16).flat<T>().data();
     const T* c_all = ctx->input(17).flat<T>().data();
     const T* gates = ctx->input(18).flat<T>().data();
     const T* cell_raw = ctx->input(19).flat<T>().data();
-    const T* rec_raw = ctx->input(20).flat<T>().data();
+    const T* rec_hat = ctx->input(20).flat<T>().data();
     const T* proj_raw = ctx->input(22).flat<T>().data();
-    const T* dh_in = ctx->input(23).flat<T>().data();
-    const T* dc_in = ctx->input(24).flat<T>().data();
+    const T* stats = ctx->input(23).flat<T>().data();
+    const T* dh_in = ctx->input(24).flat<T>().data();
+    const T* dc_in = ctx->input(25).flat<T>().data();
+    if ((d.layer_norm || d.input_norm) &&
+        ctx->input(23).NumElements() != int64_t(S) * B * kStats) {
+      ctx->CtxFailure(tensorflow::errors::InvalidArgument(
+          "norm_stats has ", ctx->input(23).NumElements(), " elements, expected ",
+          int64_t(S) * B * kStats));
+      return;
+    }
 
     std::fill(dh0, dh0 + B * O, T(0));
     std::fill(dc0, dc0 + B * U, T(0));
-    if (d.peepholes) std::fill(dpeep, dpeep + 3 * U, T(0));
     if (d.layer_norm) {
       std::fill(drgamma, drgamma + G, T(0));
       std::fill(dcgamma, dcgamma + U, T(0));
@@ -500,9 +610,13 @@ class LstmBackwardOp : public LstmOpBase {
     // dh0 / dc0 carry the gradient of the state after step t while walking back in time.
     T* dh = dh0;
     T* dc = dc0;
+    // The peephole gradients are summed elementwise over the steps per row ([B, 3u]) and over the
+    // rows once at the end: no reduction inside the time loop.
     std::vector<T> dh_new(B * O), dc_new(B * U), dm(d.projection ? B * U : 0), cs(B * U),
-        cn(B * U), tc(B * U), dcn(B * U), inv_std(B), scratch(G), v_hat(G), dh_rec(B * O);
+        cn(d.layer_norm ? B * U : 0), tc(B * U), dcn(B * U), dh_rec(B * O),
+        dpeep_rows(d.peepholes ? B * 3 * U : 0, T(0));
     ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), cg(cgamma, U), cb(cbeta, U);
+    Block dpr(dpeep_rows.data(), B, d.peepholes ? 3 * U : 0);
     for (int t = S - 1; t >= 0; --t) {
       const int64_t row0 = int64_t(t) * B;
       const T* c_prev = t == 0 ? c0 : c_all + (row0 - B) * U;
@@ -510,27 +624,34 @@ class LstmBackwardOp : public LstmOpBase {
       for (int k = 0; k < B * U; ++k) dc[k] += dc_in[row0 * U + k];
       // Mask and zoneout: split the state's gradient into the new step's part and the carried
       // part, which stays in dh / dc for step t-1.
-      for (int b = 0; b < B; ++b) {
-        const bool on = !d.mask || mask[row0 + b] != T(0);
-        for (int j = 0; j < O; ++j) {
-          const int k = b * O + j;
-          if (!on) {
-            dh_new[k] = 0;
-            continue;
+      if (!d.mask && !d.zoneout) {
+        std::copy(dh, dh + B * O, dh_new.data());
+        std::copy(dc, dc + B * U, dc_new.data());
+        std::fill(dh, dh + B * O, T(0));
+        std::fill(dc, dc + B * U, T(0));
+      } else {
+        for (int b = 0; b < B; ++b) {
+          const bool on = !d.mask || mask[row0 + b] != T(0);
+          for (int j = 0; j < O; ++j) {
+            const int k = b * O + j;
+            if (!on) {
+              dh_new[k] = 0;
+              continue;
+            }
+            const T kh = d.zoneout ? zh[row0 * O + k] : T(0);
+            dh_new[k] = (T(1) - kh) * dh[k];
+            dh[k] *= kh;
           }
-          const T kh = d.zoneout ? zh[row0 * O + k] : T(0);
-          dh_new[k] = (T(1) - kh) * dh[k];
-          dh[k] *= kh;
-        }
-        for (int j = 0; j < U; ++j) {
-          const int k = b * U + j;
-          if (!on) {
-            dc_new[k] = 0;
-            continue;
+          for (int j = 0; j < U; ++j) {
+            const int k = b * U + j;
+            if (!on) {
+              dc_new[k] = 0;
+              continue;
+            }
+            const T kc = d.zoneout ? zc[row0 * U + k] : T(0);
+            dc_new[k] = (T(1) - kc) * dc[k];
+            dc[k] *= kc;
           }
-          const T kc = d.zoneout ? zc[row0 * U + k] : T(0);
-          dc_new[k] = (T(1) - kc) * dc[k];
-          dc[k] *= kc;
         }
       }
       const T* dmo = dh_new.data();
@@ -552,14 +673,17 @@ class LstmBackwardOp : public LstmOpBase {
       } else {
         c = gt.middleCols(U, U) * cp + gt.leftCols(U) * gt.middleCols(2 * U, U);
       }
-      Block c_hat(cn.data(), B, U);
-      c_hat = c;
       Block t_c(tc.data(), B, U);
       if (d.layer_norm) {
-        for (int b = 0; b < B; ++b) inv_std[b] = NormalizeRow(cn.data() + int64_t(b) * U, U, eps);
-        t_c = ((c_hat.rowwise() * cg).rowwise() + cb).tanh();
+        for (int b = 0; b < B; ++b) {
+          const T* st = stats + (row0 + b) * kStats;
+          const int64_t k = int64_t(b) * U;
+          Row cnb(cn.data() + k, U);
+          cnb = (Row(cs.data() + k, U) - st[kCellMean]) * st[kCellInv];
+          Row(tc.data() + k, U) = (cnb * cg + cb).tanh();
+        }
       } else {
-        t_c = c_hat.tanh();
+        t_c = c.tanh();
       }
       ConstBlock dmb(dmo, B, U);
       const auto o = gt.rightCols(U);
@@ -570,15 +694,21 @@ class LstmBackwardOp : public LstmOpBase {
       if (d.layer_norm) {
         for (int b = 0; b < B; ++b) {
           const int64_t k = int64_t(b) * U;
-          NormalizeRowGrad(dcn.data() + k, cn.data() + k, inv_std[b], cgamma, U, dcn.data() + k,
-                           dcgamma, dcbeta, scratch.data());
+          NormalizeRowGrad(dcn.data() + k, cn.data() + k, T(0), T(1),
+                           stats[(row0 + b) * kStats + kCellInv], cgamma, U, dcn.data() + k,
+                           dcgamma, dcbeta);
         }
       }
       // dcnb becomes the gradient of the step's c, then of c before the clip.
-      dcnb += Block(dc_new.data(), B, U);
       if (d.peepholes) {
-        dcnb += dz.rightCols(U).rowwise() * po;
-        Eigen::Map<RowArray<T>>(dpeep + 2 * U, U) += (dz.rightCols(U) * c).colwise().sum();
+        for (int b = 0; b < B; ++b) {
+          const int64_t k = int64_t(b) * U;
+          Row(dcn.data() + k, U) +=
+              Row(dc_new.data() + k, U) + ConstRow(dxz + (row0 + b) * G + 3 * U, U) * po;
+        }
+        dpr.rightCols(U) += dz.rightCols(U) * c;
+      } else {
+        dcnb += Block(dc_new.data(), B, U);
       }
       if (clip_c) {
         dcnb = (ConstBlock(cell_raw + row0 * U, B, U).abs() > cclip).select(T(0), dcnb);
@@ -590,36 +720,51 @@ class LstmBackwardOp : public LstmOpBase {
       dz.middleCols(U, U) = dcnb * cp * f * (T(1) - f);
       dz.middleCols(2 * U, U) = dcnb * i * (T(1) - g * g);
       Block dcp(dc, B, U);
-      dcp += dcnb * f;
       if (d.peepholes) {
-        dcp += dz.leftCols(U).rowwise() * pi + dz.middleCols(U, U).rowwise() * pf;
-        Eigen::Map<RowArray<T>>(dpeep, U) += (dz.leftCols(U) * cp).colwise().sum();
-        Eigen::Map<RowArray<T>>(dpeep + U, U) += (dz.middleCols(U, U) * cp).colwise().sum();
+        for (int b = 0; b < B; ++b) {
+          const int64_t k = int64_t(b) * U;
+          const T* dzb = dxz + (row0 + b) * G;
+          Row(dc + k, U) += Row(dcn.data() + k, U) * ConstRow(gates + (row0 + b) * G + U, U) +
+                            ConstRow(dzb, U) * pi + ConstRow(dzb + U, U) * pf;
+        }
+        dpr.leftCols(U) += dz.leftCols(U) * cp;
+        dpr.middleCols(U, U) += dz.middleCols(U, U) * cp;
+      } else {
+        dcp += dcnb * f;
       }
-      if (d.layer_norm) {
+      if (d.layer_norm && d.input_norm) {
         for (int b = 0; b < B; ++b) {
           const int64_t row = row0 + b;
-          std::copy(rec_raw + row * G, rec_raw + (row + 1) * G, v_hat.data());
-          const T inv = NormalizeRow(v_hat.data(), G, eps);
-          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, rgamma, G, drec + row * G, drgamma,
-                           static_cast<T*>(nullptr), scratch.data());
+          const T* st = stats + row * kStats;
+          NormalizeRowGrad2(dxz + row * G, rec_hat + row * G, st[kRecInv], rgamma, drec + row * G,
+                            drgamma, xz + row * G, st[kInMean], st[kInInv], in_gamma, dingamma,
+                            dbias, G);
+        }
+      } else if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) {
+          const int64_t row = row0 + b;
+          NormalizeRowGrad(dxz + row * G, rec_hat + row * G, T(0), T(1),
+                           stats[row * kStats + kRecInv], rgamma, G, drec + row * G, drgamma,
+                           static_cast<T*>(nullptr));
         }
       }
       const T* drow = d.layer_norm ? drec + row0 * G : dxz + row0 * G;
       Gemm<T>(ctx, gemm_, drow, rk, dh_rec.data(), B, G, O, true, false);
-      if (d.input_norm) {  // dz -> the gradient of x K before its norm (after dz's last use)
+      if (d.input_norm && !d.layer_norm) {  // dz -> the gradient of x K before its norm
         for (int b = 0; b < B; ++b) {
           const int64_t row = row0 + b;
-          std::copy(xz + row * G, xz + (row + 1) * G, v_hat.data());
-          const T inv = NormalizeRow(v_hat.data(), G, eps);
-          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, in_gamma, G, dxz + row * G, dingamma,
-                           dbias, scratch.data());
+          const T* st = stats + row * kStats;
+          NormalizeRowGrad(dxz + row * G, xz + row * G, st[kInMean], st[kInInv], st[kInInv],
+                           in_gamma, G, dxz + row * G, dingamma, dbias);
         }
       }
-      for (int k = 0; k < B * O; ++k) {
-        dh[k] += d.recurrent_mask ? dh_rec[k] * rmask[k] : dh_rec[k];
+      if (d.recurrent_mask) {
+        for (int k = 0; k < B * O; ++k) dh[k] += dh_rec[k] * rmask[k];
+      } else {
+        for (int k = 0; k < B * O; ++k) dh[k] += dh_rec[k];
       }
     }
+    if (d.peepholes) Eigen::Map<RowArray<T>>(dpeep, 3 * U) = dpr.colwise().sum();
   }
 };
 
