@@ -20,173 +20,20 @@
 // Everything but the matrix products runs on the op's thread in a fixed order, and the products
 // are reproducible at a fixed thread count, so results are deterministic for a fixed intra-op
 // thread count.
-
-#include <algorithm>
-#include <cmath>
-#include <vector>
+//
+// The per-step matrix products are in lstm_gemm.cc, a translation unit of its own that compiles on
+// a second core beside this one (Eigen's matrix product is the slowest code here to compile);
+// lstm_ops.h holds what the two share.
 
 #include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "unsupported/Eigen/CXX11/Tensor"
-#ifdef TBPTT_WITH_MKL
-#include <mkl_cblas.h>
-#include <mkl_service.h>
-#endif
+
+#include "lstm_ops.h"
 
 namespace tbptt {
 
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Status;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
-
-// How the per-step matrix products run: Eigen's matrix product on the op's thread, or MKL's
-// sgemm / dgemm (3x faster at these shapes in benchmarks/lstm_kernel_spike.py) when the library
-// was built with it (TBPTT_WITH_MKL, set by build.py when the `mkl-devel` package is installed).
-enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };
-
-#ifdef TBPTT_WITH_MKL
-constexpr bool kHaveMkl = true;
-
-// MKL runs on the calling thread (build.py links its sequential layer): its OpenMP threads gained
-// nothing at [20, 650] x [650, 2600], and next to TensorFlow's and PyTorch's own pools on two cores
-// their spinning made the whole training step up to twice slower. (Selecting the layer at run time
-// through mkl_rt instead also cut PyTorch to one thread when loaded before it.) With a fixed code
-// path (MKL_CBWR_AUTO), the kernel's results are bitwise reproducible on a given CPU.
-const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
-
-inline void MklGemm(const float* a, const float* b, float* out, int m, int k, int n,
-                    bool transpose_b, float beta) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
-              a, k, b, transpose_b ? k : n, beta, out, n);
-}
-inline void MklGemm(const double* a, const double* b, double* out, int m, int k, int n,
-                    bool transpose_b, double beta) {
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0,
-              a, k, b, transpose_b ? k : n, beta, out, n);
-}
-#else
-constexpr bool kHaveMkl = false;
-#endif
-
-// out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); all row-major, contiguous.
-template <typename T>
-void Gemm(OpKernelContext* ctx, int mode, const T* a, const T* b, T* out, int m, int k, int n,
-          bool transpose_b, bool accumulate) {
-#ifdef TBPTT_WITH_MKL
-  if (mode == kGemmMkl) {
-    MklGemm(a, b, out, m, k, n, transpose_b, accumulate ? T(1) : T(0));
-    return;
-  }
-#endif
-  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Eigen::Map<const Matrix> ma(a, m, k);
-  Eigen::Map<Matrix> mo(out, m, n);
-  if (transpose_b) {
-    Eigen::Map<const Matrix> mb(b, n, k);
-    if (accumulate) mo.noalias() += ma * mb.transpose(); else mo.noalias() = ma * mb.transpose();
-  } else {
-    Eigen::Map<const Matrix> mb(b, k, n);
-    if (accumulate) mo.noalias() += ma * mb; else mo.noalias() = ma * mb;
-  }
-}
-
-template <typename T>
-using Array = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
-
-// Layer-norm statistics of one row v[n]: its mean and 1/sqrt(variance + epsilon), in two passes
-// (the variance from the centred values). The sums run in T with Eigen's vectorised reduction
-// (several packet accumulators), as the graph loop's reduce_mean sums in T too.
-template <typename T>
-inline void RowStats(const T* v, int n, T epsilon, T* mean, T* inv_std) {
-  Eigen::Map<const RowArray<T>> a(v, n);
-  const T mu = a.sum() / T(n);
-  const T var = (a - mu).square().sum() / T(n);
-  *mean = mu;
-  *inv_std = T(1) / std::sqrt(var + epsilon);
-}
-
-// Gradient of y = gamma * v_hat (+ beta) for one row of n, where v_hat = (src - mu) * scale (src
-// is the row before its norm, or v_hat itself with mu = 0, scale = 1): dv from dy (dv may be dy);
-// accumulates dgamma (and dbeta). One pass for the two sums and the gain gradients, one for dv;
-// `omp simd` (-fopenmp-simd, no OpenMP runtime) lets the compiler vectorise the sums.
-template <typename T>
-inline void NormalizeRowGrad(const T* dy, const T* src, T mu, T scale, T inv_std, const T* gamma,
-                             int n, T* dv, T* dgamma, T* dbeta) {
-  T sum_d = 0, sum_dv = 0;
-  if (dbeta != nullptr) {
-#pragma omp simd reduction(+ : sum_d, sum_dv)
-    for (int j = 0; j < n; ++j) {
-      const T vh = (src[j] - mu) * scale, dg = dy[j] * gamma[j];
-      sum_d += dg;
-      sum_dv += dg * vh;
-      dgamma[j] += dy[j] * vh;
-      dbeta[j] += dy[j];
-    }
-  } else {
-#pragma omp simd reduction(+ : sum_d, sum_dv)
-    for (int j = 0; j < n; ++j) {
-      const T vh = (src[j] - mu) * scale, dg = dy[j] * gamma[j];
-      sum_d += dg;
-      sum_dv += dg * vh;
-      dgamma[j] += dy[j] * vh;
-    }
-  }
-  const T mean_d = sum_d / T(n), mean_dv = sum_dv / T(n);
-#pragma omp simd
-  for (int j = 0; j < n; ++j) {
-    const T vh = (src[j] - mu) * scale;
-    dv[j] = inv_std * (dy[j] * gamma[j] - mean_d - vh * mean_dv);
-  }
-}
-
-// Both norms' gradients from one row dz of z = gamma_r * r_hat + gamma_x * x_hat + bias (the
-// layer-norm variant): the recurrent one to dr (r_hat is stored normalised), the input one to dz
-// itself (x_hat = (x - mu_x) * inv_x from the raw input projection x), in two passes over the row.
-template <typename T>
-inline void NormalizeRowGrad2(T* dz, const T* r_hat, T inv_r, const T* gamma_r, T* dr,
-                              T* dgamma_r, const T* x, T mu_x, T inv_x, const T* gamma_x,
-                              T* dgamma_x, T* dbias, int n) {
-  T sum_r = 0, sum_rv = 0, sum_x = 0, sum_xv = 0;
-#pragma omp simd reduction(+ : sum_r, sum_rv, sum_x, sum_xv)
-  for (int j = 0; j < n; ++j) {
-    const T d = dz[j], rv = r_hat[j], xv = (x[j] - mu_x) * inv_x;
-    const T dgr = d * gamma_r[j], dgx = d * gamma_x[j];
-    sum_r += dgr;
-    sum_rv += dgr * rv;
-    sum_x += dgx;
-    sum_xv += dgx * xv;
-    dgamma_r[j] += d * rv;
-    dgamma_x[j] += d * xv;
-    dbias[j] += d;
-  }
-  const T mr = sum_r / T(n), mrv = sum_rv / T(n), mx = sum_x / T(n), mxv = sum_xv / T(n);
-#pragma omp simd
-  for (int j = 0; j < n; ++j) {
-    const T d = dz[j], xv = (x[j] - mu_x) * inv_x;
-    dr[j] = inv_r * (d * gamma_r[j] - mr - r_hat[j] * mrv);
-    dz[j] = inv_x * (d * gamma_x[j] - mx - xv * mxv);
-  }
-}
-
-// Per row of every step, the forward op keeps (mean, 1/std) of the recurrent, input and cell norms
-// (output norm_stats [T, B, kStats]), so the backward op reduces nothing twice.
-constexpr int kStats = 6;
-enum StatIndex { kRecMean = 0, kRecInv = 1, kInMean = 2, kInInv = 3, kCellMean = 4, kCellInv = 5 };
-
-// The sizes of one call, read from the forward op's inputs.
-struct Dims {
-  int steps, batch, units, out;
-  bool peepholes, projection, layer_norm, mask, recurrent_mask, zoneout, input_norm;
-};
 
 Status ReadDims(OpKernelContext* ctx, Dims* d) {
   const Tensor& xz = ctx->input(0);
@@ -317,44 +164,7 @@ REGISTER_OP("TbpttLstmBackward")
       return Status();
     });
 
-// What the forward and backward ops share: the choice of matrix-product library, the settings
-// input and outputs that are empty when their variant is off.
-class LstmOpBase : public OpKernel {
- public:
-  explicit LstmOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
-    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
-    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
-                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
-  }
-
- protected:
-  // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
-  // that the float64 kernel clips at exactly the float64 value.
-  template <typename T>
-  static Status ReadSettings(OpKernelContext* ctx, T* cclip, T* pclip, T* eps) {
-    if (ctx->input(13).NumElements() != 3) {
-      return tensorflow::errors::InvalidArgument("settings must have 3 elements");
-    }
-    const T* settings = ctx->input(13).flat<T>().data();
-    *cclip = settings[0];
-    *pclip = settings[1];
-    *eps = settings[2];
-    return Status();
-  }
-
-  // Output i, shaped `dims` when `on`, else empty; the caller checks ctx->status() afterwards.
-  template <typename T>
-  static void AllocateOutput(OpKernelContext* ctx, int i, bool on,
-                             std::initializer_list<int64_t> dims, T** ptr) {
-    Tensor* t = nullptr;
-    TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
-    *ptr = t->flat<T>().data();
-  }
-
-  int gemm_;
-};
+// The forward op: the whole time loop over T steps.
 
 template <typename T>
 class LstmForwardOp : public LstmOpBase {
@@ -422,7 +232,7 @@ class LstmForwardOp : public LstmOpBase {
       const int64_t row0 = int64_t(t) * B;
       // With layer norm the product is normalised in place in the output the backward op reads.
       T* r = d.layer_norm ? rec_hat + row0 * G : rec.data();
-      Gemm<T>(ctx, gemm_, lhs, rk, r, B, O, G, false, false);
+      Gemm(gemm_, lhs, rk, r, B, O, G, false, false);
       const T* xzt = xz + row0 * G;
       Block gt(gates + row0 * G, B, G);
       if (norms) {
@@ -507,7 +317,7 @@ class LstmForwardOp : public LstmOpBase {
       T* h = h_all + row0 * O;
       if (d.projection) {
         std::copy(m.begin(), m.end(), unproj + row0 * U);
-        Gemm<T>(ctx, gemm_, m.data(), proj, h, B, U, O, false, false);
+        Gemm(gemm_, m.data(), proj, h, B, U, O, false, false);
         if (clip_p) {
           std::copy(h, h + B * O, proj_raw + row0 * O);
           for (int k = 0; k < B * O; ++k) h[k] = std::min(std::max(h[k], -pclip), pclip);
@@ -531,6 +341,13 @@ class LstmForwardOp : public LstmOpBase {
     }
   }
 };
+
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<float>("T"),
+                        LstmForwardOp<float>);
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<double>("T"),
+                        LstmForwardOp<double>);
+
+// The backward op: the time loop walked back from step T-1 to 0.
 
 template <typename T>
 class LstmBackwardOp : public LstmOpBase {
@@ -607,6 +424,12 @@ class LstmBackwardOp : public LstmOpBase {
       std::fill(dcgamma, dcgamma + U, T(0));
       std::fill(dcbeta, dcbeta + U, T(0));
     }
+    // The products with R^T and P^T (P [u, p]).
+    std::vector<T> rk_copy, proj_copy;
+    bool rk_tb, proj_tb = false;
+    const T* rk_b = TransposedForGemm(gemm_, rk, O, G, &rk_copy, &rk_tb);
+    const T* proj_b =
+        d.projection ? TransposedForGemm(gemm_, proj, U, O, &proj_copy, &proj_tb) : proj;
     // dh0 / dc0 carry the gradient of the state after step t while walking back in time.
     T* dh = dh0;
     T* dc = dc0;
@@ -661,7 +484,7 @@ class LstmBackwardOp : public LstmOpBase {
           const bool pass = !clip_p || std::abs(proj_raw[row0 * O + k]) <= pclip;
           dp[k] = pass ? dh_new[k] : T(0);
         }
-        Gemm<T>(ctx, gemm_, dp, proj, dm.data(), B, O, U, true, false);
+        Gemm(gemm_, dp, proj_b, dm.data(), B, O, U, proj_tb, false);
         dmo = dm.data();
       }
       // The step's c (before zoneout and the mask) from the gates, or from cell_raw with a clip.
@@ -749,7 +572,7 @@ class LstmBackwardOp : public LstmOpBase {
         }
       }
       const T* drow = d.layer_norm ? drec + row0 * G : dxz + row0 * G;
-      Gemm<T>(ctx, gemm_, drow, rk, dh_rec.data(), B, G, O, true, false);
+      Gemm(gemm_, drow, rk_b, dh_rec.data(), B, G, O, rk_tb, false);
       if (d.input_norm && !d.layer_norm) {  // dz -> the gradient of x K before its norm
         for (int b = 0; b < B; ++b) {
           const int64_t row = row0 + b;
@@ -768,12 +591,9 @@ class LstmBackwardOp : public LstmOpBase {
   }
 };
 
-#define TBPTT_REGISTER(T)                                                                   \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<T>("T"), LstmForwardOp<T>); \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<T>("T"), LstmBackwardOp<T>);
-TBPTT_REGISTER(float)
-TBPTT_REGISTER(double)
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<float>("T"),
+                        LstmBackwardOp<float>);
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<double>("T"),
+                        LstmBackwardOp<double>);
 
 }  // namespace tbptt
