@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from tbptt.layers.kernels import build
 
-# The two translation units (build.py compiles them on two cores) and the header they share.
-SOURCES = tuple(os.path.join(os.path.dirname(__file__), name)
-                for name in ("lstm_ops.cc", "lstm_gemm.cc", "lstm_ops.h"))
+# The translation units (build.py compiles them in parallel, one per core, in this order) and the
+# headers they include.
+SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in (
+    "lstm_ops.cc", "lstm_gemm_float.cc", "lstm_gemm_double.cc", "lstm_ops.h", "lstm_gemm.h"))
 
 # Which library multiplies the per-step matrices (see `Gemm` in lstm_ops.h): MKL when the library
 # was built with it (`build.mkl()`), else Eigen. benchmarks/lstm_kernel_spike.py measures both.

@@ -15,15 +15,15 @@
 //   zoneout: c = k_c c(t-1) + (1 - k_c) c,  h = k_h h(t-1) + (1 - k_h) h
 //   mask:    a masked row keeps (h(t-1), c(t-1)).
 //
-// A variant is on when its input is non-empty (peepholes [3, u], projection [u, p], layer-norm gains
-// [4u] and [u], mask [T, B], recurrent_mask [B, out], zoneout [T, B, u] and [T, B, out]).
+// A variant is on when its input is non-empty (peepholes [3, u], projection [u, p], layer-norm
+// gains [4u] and [u], mask [T, B], recurrent_mask [B, out], zoneout [T, B, u] and [T, B, out]).
 // Everything but the matrix products runs on the op's thread in a fixed order, and the products
 // are reproducible at a fixed thread count, so results are deterministic for a fixed intra-op
 // thread count.
 //
-// The per-step matrix products are in lstm_gemm.cc, a translation unit of its own that compiles on
-// a second core beside this one (Eigen's matrix product is the slowest code here to compile);
-// lstm_ops.h holds what the two share.
+// The per-step matrix products are in lstm_gemm_float.cc and lstm_gemm_double.cc, translation units
+// of their own that compile on other cores beside this one (Eigen's matrix product is the slowest
+// code here to compile); lstm_ops.h holds what they share.
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"

@@ -1,7 +1,7 @@
 // What the fused LSTM's forward and backward ops share (see lstm_ops.cc for the equations): the
 // per-step matrix product, the layer-norm row helpers, the sizes of a call and the ops' base class.
-// The ops (lstm_ops.cc) and the matrix products (lstm_gemm.cc) are separate translation units, so
-// that a first build runs the compiler on two cores.
+// The ops (lstm_ops.cc) and the matrix products (lstm_gemm_float.cc, lstm_gemm_double.cc) are
+// separate translation units, so that a first build runs the compiler on every core.
 
 #ifndef TBPTT_LAYERS_KERNELS_LSTM_OPS_H_
 #define TBPTT_LAYERS_KERNELS_LSTM_OPS_H_
@@ -34,8 +34,9 @@ constexpr bool kHaveMkl = false;
 #endif
 
 // out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); all row-major, contiguous. Defined
-// in lstm_gemm.cc, the unit that instantiates Eigen's matrix product (the slowest code to compile
-// here) and includes MKL. With Eigen, pass b through TransposedForGemm.
+// in lstm_gemm_float.cc and lstm_gemm_double.cc (lstm_gemm.h), which instantiate Eigen's matrix
+// product (the slowest code to compile here) and include MKL. With Eigen, pass b through
+// TransposedForGemm.
 void Gemm(int mode, const float* a, const float* b, float* out, int m, int k, int n,
           bool transpose_b, bool accumulate);
 void Gemm(int mode, const double* a, const double* b, double* out, int m, int k, int n,

@@ -1,10 +1,15 @@
 // The fused LSTM's per-step matrix products (declared in lstm_ops.h): MKL's sgemm / dgemm when
-// the library is built with it, else Eigen's matrix product. No TensorFlow header: this unit only
-// multiplies, and compiles on a second core beside lstm_ops.cc (Eigen's matrix product is the
-// slowest code of the library to compile).
+// the library is built with it, else Eigen's matrix product. No TensorFlow header. Each of
+// lstm_gemm_float.cc and lstm_gemm_double.cc instantiates this for one type in a translation unit
+// of its own: Eigen's matrix product (with the matrix-vector and small-size paths it dispatches
+// to) is the slowest code of the library to compile, about as slow as the ops in lstm_ops.cc, so
+// the three units share the cores of a first build.
 //
 // Eigen multiplies only b as it is (not transposed): a product with a transposed operand would be
 // a second instantiation of its kernel. The ops pass a transposed copy instead (TransposedForGemm).
+
+#ifndef TBPTT_LAYERS_KERNELS_LSTM_GEMM_H_
+#define TBPTT_LAYERS_KERNELS_LSTM_GEMM_H_
 
 #include <cstdint>
 
@@ -24,7 +29,8 @@ enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };  // as in lstm_ops.h
 // nothing at [20, 650] x [650, 2600], and next to TensorFlow's and PyTorch's own pools on two cores
 // their spinning made the whole training step up to twice slower. (Selecting the layer at run time
 // through mkl_rt instead also cut PyTorch to one thread when loaded before it.) With a fixed code
-// path (MKL_CBWR_AUTO, set below), the kernel's results are bitwise reproducible on a given CPU.
+// path (MKL_CBWR_AUTO, set in lstm_gemm_float.cc), the kernel's results are bitwise reproducible
+// on a given CPU.
 
 namespace {
 
@@ -68,20 +74,6 @@ void GemmImpl(int mode, const T* a, const T* b, T* out, int m, int k, int n, boo
   if (accumulate) mo.noalias() += ma * mb; else mo.noalias() = ma * mb;
 }
 
-#ifdef TBPTT_WITH_MKL
-// With a fixed code path, MKL's results are bitwise reproducible on a given CPU; set once when the
-// library loads.
-const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
-#endif
-
-void Gemm(int mode, const float* a, const float* b, float* out, int m, int k, int n,
-          bool transpose_b, bool accumulate) {
-  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate);
-}
-
-void Gemm(int mode, const double* a, const double* b, double* out, int m, int k, int n,
-          bool transpose_b, bool accumulate) {
-  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate);
-}
-
 }  // namespace tbptt
+
+#endif  // TBPTT_LAYERS_KERNELS_LSTM_GEMM_H_
