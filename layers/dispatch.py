@@ -4,11 +4,14 @@
   'loop'  : always the tf.while_loop (every variant, XLA, SavedModel, any device).
   'fused' : the C++ kernel; a ValueError when it does not apply (names why), a RuntimeError when
             it is not built.
+  'cudnn' : cuDNN's LSTM through the routine `keras.layers.LSTM` calls on a GPU; a ValueError when
+            the layer is not on a GPU or its variant is not the plain one (names why).
   'auto'  : the kernel where it is built and applies on a CPU; cuDNN on a GPU for the plain variant
-            without a mask (as `keras.layers.LSTM`); otherwise the loop. (`LSTM` runs the loop where
-            this says cuDNN: the cuDNN call has not run on a GPU yet, so it is not wired.)
+            (as `keras.layers.LSTM`); otherwise the loop.
 Inside an XLA compilation, and while tracing for a SavedModel export, every request runs the loop:
 the kernel has no XLA lowering and a SavedModel must load in TensorFlow without this package.
+A mask is only known at run time: with one, the cuDNN path checks that every row is right-padded
+and not empty (what cuDNN's sequence lengths can express) and runs the loop otherwise.
 """
 
 import contextlib
@@ -19,7 +22,7 @@ from tensorflow.python.framework import ops
 from tensorflow.python.ops import control_flow_util
 from tensorflow.python.saved_model import save_context
 
-IMPLEMENTATIONS = ("auto", "fused", "loop")
+IMPLEMENTATIONS = ("auto", "fused", "loop", "cudnn")
 FUSED, LOOP, CUDNN = "fused", "loop", "cudnn"
 
 _export = threading.local()
@@ -70,32 +73,49 @@ def fused_unsupported(cell) -> str | None:
   return None
 
 
-def cudnn_applicable(cell, has_mask: bool) -> bool:
-  """cuDNN's LSTM computes exactly the plain variant: no peepholes, projection, clip, layer norm,
-  zoneout or recurrent dropout, and no mask (Keras needs a right-padded one; we take none)."""
-  return not (cell.use_peepholes or cell.num_proj is not None or cell.cell_clip is not None
-              or cell.layer_norm or cell.zoneout_cell or cell.zoneout_hidden
-              or cell.recurrent_dropout or has_mask or cell.compute_dtype != cell.state_dtype)
+def cudnn_unsupported(cell) -> str | None:
+  """Why cuDNN's LSTM cannot run this cell's variant (None: it can).
+
+  cuDNN computes exactly the plain variant (tanh and sigmoid, a bias): no peepholes, projection,
+  clip, layer norm, zoneout or recurrent dropout (input dropout is applied before it), in one dtype.
+  """
+  features = [name for name, on in (
+      ("use_peepholes", cell.use_peepholes), ("num_proj", cell.num_proj is not None),
+      ("cell_clip", cell.cell_clip is not None), ("layer_norm", cell.layer_norm),
+      ("zoneout_cell", cell.zoneout_cell), ("zoneout_hidden", cell.zoneout_hidden),
+      ("recurrent_dropout", cell.recurrent_dropout)) if on]
+  if features:
+    return f"cuDNN runs the plain variant only, the layer sets {', '.join(features)}"
+  if cell.compute_dtype != cell.state_dtype:
+    return (f"cuDNN keeps the state in the compute dtype; the {cell.dtype_policy.name} policy "
+            f"computes in {cell.compute_dtype} and keeps the state in {cell.state_dtype}")
+  return None
+
+
+def cudnn_applicable(cell) -> bool:
+  """True if cuDNN's LSTM computes this cell's variant (see `cudnn_unsupported`)."""
+  return cudnn_unsupported(cell) is None
 
 
 def choose(requested: str, *, unsupported: str | None, kernel_error: str | None, xla: bool,
-           export: bool, device: str, cudnn_ok: bool) -> tuple:
+           export: bool, device: str, cudnn_ok: bool, cudnn_why: str | None = None) -> tuple:
   """The implementation to run and why.
 
   Args:
-    requested: 'auto', 'fused' or 'loop'.
+    requested: 'auto', 'fused', 'loop' or 'cudnn'.
     unsupported: `fused_unsupported(cell)`.
     kernel_error: Why the kernel is not built, or None.
     xla: Tracing under XLA.
     export: Tracing for a SavedModel.
     device: 'CPU' or 'GPU'.
-    cudnn_ok: `cudnn_applicable(...)`.
+    cudnn_ok: `cudnn_applicable(cell)`.
+    cudnn_why: `cudnn_unsupported(cell)`, for the message when 'cudnn' cannot run.
 
   Returns:
     (implementation, reason): FUSED, LOOP or CUDNN and a short reason.
 
   Raises:
-    ValueError: 'fused' was requested for a variant, dtype or device it does not cover.
+    ValueError: 'fused' or 'cudnn' was requested for a variant, dtype or device it does not cover.
     RuntimeError: 'fused' was requested and the kernel is not built.
   """
   check_implementation(requested)
@@ -115,6 +135,14 @@ def choose(requested: str, *, unsupported: str | None, kernel_error: str | None,
     if kernel_error:
       raise RuntimeError(f"implementation='fused' but the kernel is not built: {kernel_error}")
     return FUSED, "requested"
+  if requested == CUDNN:
+    if device != "GPU":
+      raise ValueError(f"implementation='cudnn' needs a GPU, the layer runs on {device}; use "
+                       "'auto' or 'loop'")
+    if not cudnn_ok:
+      raise ValueError(f"implementation='cudnn' cannot run this layer: "
+                       f"{cudnn_why or 'variant not on cuDNN'}; use 'auto' or 'loop'")
+    return CUDNN, "requested"
   if device == "GPU":
     return (CUDNN, "plain variant on a GPU") if cudnn_ok else (LOOP, "variant not on cuDNN")
   if unsupported:

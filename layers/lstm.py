@@ -1,10 +1,12 @@
 """The sequence layer: an `LSTMCell` run over time, state in and out explicitly.
 
-Two implementations compute the same function: a `tf.while_loop` over the cell's step (every
-variant, XLA, any device) and a fused C++ kernel that runs the whole time loop in one op forward and
-one backward (`kernels/`). `dispatch.choose` picks one per call at trace time.
+Three implementations compute the same function: a `tf.while_loop` over the cell's step (every
+variant, XLA, any device), a fused C++ kernel that runs the whole time loop in one op forward and
+one backward (`kernels/`, CPU), and on a GPU for the plain variant cuDNN's LSTM through the routine
+`keras.layers.LSTM` calls. `dispatch.choose` picks one per call at trace time.
 """
 
+import importlib
 import logging
 from typing import NamedTuple
 
@@ -83,9 +85,11 @@ class LSTM(StatefulCallLayer):
     stateful: Keep the final state between calls (the batch size is fixed by the first call);
       `reset_state()` zeroes it. An explicit `initial_state` wins over the kept state.
     implementation: 'auto' (the fused kernel where it is built and applies, cuDNN for the plain
-      variant on a GPU, else the loop), 'fused' (the kernel or an error) or 'loop'. The choice of
-      the last call is `resolved_implementation` ('fused', 'loop' or 'cudnn'), logged (DEBUG)
-      when it changes. XLA compilation and SavedModel export always trace the loop.
+      variant on a GPU, else the loop), 'fused' (the kernel or an error), 'cudnn' (cuDNN or an
+      error) or 'loop'. The choice of the last call is `resolved_implementation` ('fused', 'loop'
+      or 'cudnn'), logged (DEBUG) when it changes. XLA compilation and SavedModel export always
+      trace the loop. With a mask, cuDNN runs only when every row is right-padded and not empty
+      (checked at run time; else the loop runs).
     **kwargs: `LSTMCell` arguments (use_peepholes, num_proj, layer_norm, dropout, ...) and Keras
       layer arguments (name, dtype, ...).
   """
@@ -191,6 +195,8 @@ class LSTM(StatefulCallLayer):
     implementation = self._resolve(x, mask)
     if implementation == dispatch.FUSED:
       outputs, final_state = self._run_fused(x, state, mask, recurrent_mask, zoneout)
+    elif implementation == dispatch.CUDNN:
+      outputs, final_state = self._run_cudnn(x, state, mask)
     else:
       outputs, final_state = self._run_loop(x, state, mask, recurrent_mask, zoneout)
     if self.stateful:
@@ -232,13 +238,46 @@ class LSTM(StatefulCallLayer):
     kernel_error = None
     if self.implementation != dispatch.LOOP and not unsupported and not kernels.available():
       kernel_error = kernels.error()
-    implementation, reason = dispatch.choose(
+    cudnn_why = dispatch.cudnn_unsupported(cell)
+    if cudnn_why is None and _keras_rnn() is None:
+      cudnn_why = "Keras's TensorFlow RNN routines (keras.src.backend.tensorflow.rnn) not found"
+    return dispatch.choose(
         self.implementation, unsupported=unsupported, kernel_error=kernel_error, xla=xla,
-        export=export, device=device, cudnn_ok=dispatch.cudnn_applicable(cell, has_mask))
-    if implementation == dispatch.CUDNN:
-      # Not run on a GPU yet: until it is, the plain variant on a GPU runs the loop.
-      implementation, reason = dispatch.LOOP, "cuDNN path not enabled"
-    return implementation, reason
+        export=export, device=device, cudnn_ok=cudnn_why is None, cudnn_why=cudnn_why)
+
+  def _run_cudnn(self, x, state, mask):
+    """cuDNN's LSTM, as `keras.layers.LSTM` runs it on a GPU: x [T, B, F] -> (outputs [T, B, u],
+    state). With a mask that is not right-padded, or has an empty row, the loop runs instead."""
+    cell = self.cell
+    keras_rnn = _keras_rnn()
+    kernel, recurrent_kernel, bias = (cell._weight(w) for w in (
+        cell.kernel, cell.recurrent_kernel, cell.bias))
+    # Batch-major: Keras checks a mask as [B, T] whatever time_major says.
+    x_bm = tf.transpose(x, [1, 0, 2])
+    mask_bm = None if mask is None else tf.transpose(mask)
+
+    def loop():
+      return self._run_loop(x, state, mask, None, None)
+
+    def cudnn():
+      try:
+        _, outputs, (h, c) = keras_rnn.lstm(
+            x_bm, state.h, state.c, mask_bm, kernel, recurrent_kernel, bias,
+            activation=tf.tanh, recurrent_activation=tf.sigmoid, return_sequences=True,
+            time_major=False)
+      except NotImplementedError:  # Keras found no GPU or no cuDNN op: its LSTM runs its loop
+        logging.getLogger(__name__).warning("%s: cuDNN is unavailable, running the loop",
+                                            self.name)
+        self.resolved_implementation = dispatch.LOOP
+        return loop()
+      return tf.transpose(outputs, [1, 0, 2]), LSTMState(h=h, c=c)
+
+    if mask is None:
+      return cudnn()
+    lengths = tf.reduce_sum(tf.cast(mask_bm, tf.int32), axis=1)
+    padded = tf.sequence_mask(lengths, tf.shape(mask_bm)[1])
+    runs = tf.logical_and(tf.reduce_all(tf.equal(mask_bm, padded)), tf.reduce_all(lengths > 0))
+    return tf.cond(runs, cudnn, loop)
 
   def _run_fused(self, x, state, mask, recurrent_mask, zoneout):
     """The C++ kernel over the whole sequence: x [T, B, F] -> (outputs [T, B, out], state)."""
@@ -324,6 +363,15 @@ class LSTM(StatefulCallLayer):
                    "return_sequences": self.return_sequences, "return_state": self.return_state,
                    "stateful": self.stateful, "implementation": self.implementation})
     return config
+
+
+def _keras_rnn():
+  """Keras's TensorFlow RNN routines (its `lstm` runs cuDNN), or None where they are not found."""
+  try:  # import_module: the package exports a function `rnn` under the module's name
+    rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+  except ImportError:
+    return None
+  return rnn if callable(getattr(rnn, "lstm", None)) else None
 
 
 def planned_implementations(model, jit_compile: bool = False) -> tuple:

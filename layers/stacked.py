@@ -27,7 +27,7 @@ class StackedLSTM(StatefulCallLayer):
     time_major: Inputs and outputs are [T, B, ...].
     return_sequences: Return every step's output of the top layer; else only its last [B, out].
     return_state: Return `(outputs, states)`; else only outputs.
-    implementation: 'auto', 'fused' or 'loop' for every layer (see `LSTM`).
+    implementation: 'auto', 'fused', 'loop' or 'cudnn' for every layer (see `LSTM`).
     **kwargs: `LSTMCell` arguments applied to every layer, and Keras layer arguments.
 
   State: a tuple of `LSTMState`, one per layer, bottom first.

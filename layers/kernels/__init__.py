@@ -1,4 +1,4 @@
-"""The fused LSTM ops: built from `lstm_ops.cc` on first import, loaded, and wrapped for the layers.
+"""The fused LSTM ops: built from `lstm_*.cc` on first import, loaded, and wrapped for the layers.
 
 `load()` builds (or finds in the cache) and loads the library once per process; a failed build
 logs one warning line naming the cause, and `available()` is then False so the layers run their
@@ -14,9 +14,12 @@ import tensorflow as tf
 
 from tbptt.layers.kernels import build
 
-SOURCES = (os.path.join(os.path.dirname(__file__), "lstm_ops.cc"),)
+# The translation units (build.py compiles them in parallel, one per core, in this order) and the
+# headers they include.
+SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in (
+    "lstm_ops.cc", "lstm_gemm_float.cc", "lstm_gemm_double.cc", "lstm_ops.h", "lstm_gemm.h"))
 
-# Which library multiplies the per-step matrices (see `Gemm` in lstm_ops.cc): MKL when the library
+# Which library multiplies the per-step matrices (see `Gemm` in lstm_ops.h): MKL when the library
 # was built with it (`build.mkl()`), else Eigen. benchmarks/lstm_kernel_spike.py measures both.
 GEMM_BEST, GEMM_EIGEN, GEMM_MKL = -1, 0, 1
 gemm_mode = GEMM_BEST

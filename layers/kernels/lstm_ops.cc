@@ -15,126 +15,25 @@
 //   zoneout: c = k_c c(t-1) + (1 - k_c) c,  h = k_h h(t-1) + (1 - k_h) h
 //   mask:    a masked row keeps (h(t-1), c(t-1)).
 //
-// A variant is on when its input is non-empty (peepholes [3, u], projection [u, p], layer-norm gains
-// [4u] and [u], mask [T, B], recurrent_mask [B, out], zoneout [T, B, u] and [T, B, out]).
+// A variant is on when its input is non-empty (peepholes [3, u], projection [u, p], layer-norm
+// gains [4u] and [u], mask [T, B], recurrent_mask [B, out], zoneout [T, B, u] and [T, B, out]).
 // Everything but the matrix products runs on the op's thread in a fixed order, and the products
 // are reproducible at a fixed thread count, so results are deterministic for a fixed intra-op
 // thread count.
-
-#include <algorithm>
-#include <cmath>
-#include <vector>
+//
+// The per-step matrix products are in lstm_gemm_float.cc and lstm_gemm_double.cc, translation units
+// of their own that compile on other cores beside this one (Eigen's matrix product is the slowest
+// code here to compile); lstm_ops.h holds what they share.
 
 #include "tensorflow/core/framework/op.h"
-#include "tensorflow/core/framework/op_kernel.h"
 #include "tensorflow/core/framework/shape_inference.h"
-#include "unsupported/Eigen/CXX11/Tensor"
-#ifdef TBPTT_WITH_MKL
-#include <mkl_cblas.h>
-#include <mkl_service.h>
-#endif
+
+#include "lstm_ops.h"
 
 namespace tbptt {
 
-using tensorflow::DEVICE_CPU;
-using tensorflow::OpKernel;
-using tensorflow::OpKernelConstruction;
-using tensorflow::OpKernelContext;
-using tensorflow::Status;
-using tensorflow::Tensor;
-using tensorflow::TensorShape;
 using tensorflow::shape_inference::InferenceContext;
 using tensorflow::shape_inference::ShapeHandle;
-
-// How the per-step matrix products run: Eigen's matrix product on the op's thread, or MKL's
-// sgemm / dgemm (3x faster at these shapes in benchmarks/lstm_kernel_spike.py) when the library
-// was built with it (TBPTT_WITH_MKL, set by build.py when the `mkl-devel` package is installed).
-enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };
-
-#ifdef TBPTT_WITH_MKL
-constexpr bool kHaveMkl = true;
-
-// MKL runs on the calling thread (build.py links its sequential layer): its OpenMP threads gained
-// nothing at [20, 650] x [650, 2600], and next to TensorFlow's and PyTorch's own pools on two cores
-// their spinning made the whole training step up to twice slower. (Selecting the layer at run time
-// through mkl_rt instead also cut PyTorch to one thread when loaded before it.) With a fixed code
-// path (MKL_CBWR_AUTO), the kernel's results are bitwise reproducible on a given CPU.
-const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
-
-inline void MklGemm(const float* a, const float* b, float* out, int m, int k, int n,
-                    bool transpose_b, float beta) {
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
-              a, k, b, transpose_b ? k : n, beta, out, n);
-}
-inline void MklGemm(const double* a, const double* b, double* out, int m, int k, int n,
-                    bool transpose_b, double beta) {
-  cblas_dgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0,
-              a, k, b, transpose_b ? k : n, beta, out, n);
-}
-#else
-constexpr bool kHaveMkl = false;
-#endif
-
-// out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); all row-major, contiguous.
-template <typename T>
-void Gemm(OpKernelContext* ctx, int mode, const T* a, const T* b, T* out, int m, int k, int n,
-          bool transpose_b, bool accumulate) {
-#ifdef TBPTT_WITH_MKL
-  if (mode == kGemmMkl) {
-    MklGemm(a, b, out, m, k, n, transpose_b, accumulate ? T(1) : T(0));
-    return;
-  }
-#endif
-  using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Eigen::Map<const Matrix> ma(a, m, k);
-  Eigen::Map<Matrix> mo(out, m, n);
-  if (transpose_b) {
-    Eigen::Map<const Matrix> mb(b, n, k);
-    if (accumulate) mo.noalias() += ma * mb.transpose(); else mo.noalias() = ma * mb.transpose();
-  } else {
-    Eigen::Map<const Matrix> mb(b, k, n);
-    if (accumulate) mo.noalias() += ma * mb; else mo.noalias() = ma * mb;
-  }
-}
-
-template <typename T>
-using Array = Eigen::Array<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-template <typename T>
-using RowArray = Eigen::Array<T, 1, Eigen::Dynamic>;
-
-// Layer norm of one row v[n] in place to v_hat (zero mean, unit variance); returns 1/std. The sums
-// are vectorised and accumulated in double: float32 rounding in them would show in the gradients.
-template <typename T>
-inline T NormalizeRow(T* v, int n, T epsilon) {
-  Eigen::Map<RowArray<T>> a(v, n);
-  const double mean = a.template cast<double>().sum() / n;
-  a -= T(mean);
-  const double var = a.template cast<double>().square().sum() / n;
-  const T inv_std = T(1.0 / std::sqrt(var + double(epsilon)));
-  a *= inv_std;
-  return inv_std;
-}
-
-// Gradient of y = gamma * v_hat (+ beta) for one row: dv from dy (dv may be dy); accumulates
-// dgamma (and dbeta).
-template <typename T>
-inline void NormalizeRowGrad(const T* dy, const T* v_hat, T inv_std, const T* gamma, int n, T* dv,
-                             T* dgamma, T* dbeta, T* scratch) {
-  Eigen::Map<const RowArray<T>> d(dy, n), vh(v_hat, n), g(gamma, n);
-  Eigen::Map<RowArray<T>> dg(scratch, n);  // d(v_hat)
-  dg = d * g;
-  const double mean_d = dg.template cast<double>().sum() / n;
-  const double mean_dv = (dg * vh).template cast<double>().sum() / n;
-  Eigen::Map<RowArray<T>>(dgamma, n) += d * vh;
-  if (dbeta != nullptr) Eigen::Map<RowArray<T>>(dbeta, n) += d;
-  Eigen::Map<RowArray<T>>(dv, n) = inv_std * (dg - T(mean_d) - vh * T(mean_dv));
-}
-
-// The sizes of one call, read from the forward op's inputs.
-struct Dims {
-  int steps, batch, units, out;
-  bool peepholes, projection, layer_norm, mask, recurrent_mask, zoneout, input_norm;
-};
 
 Status ReadDims(OpKernelContext* ctx, Dims* d) {
   const Tensor& xz = ctx->input(0);
@@ -218,9 +117,10 @@ REGISTER_OP("TbpttLstmForward")
     .Output("c: T")              // [T, B, u] the carried c after every step
     .Output("gates: T")          // [T, B, 4u] sigmoid(z_i), sigmoid(z_f), tanh(z_c), sigmoid(z_o)
     .Output("cell_raw: T")       // [T, B, u] c before the clip (with cell_clip; else empty)
-    .Output("recurrent_raw: T")  // [T, B, 4u] h_in R before its norm (layer norm; else empty)
+    .Output("recurrent_hat: T")  // [T, B, 4u] h_in R normalised (layer norm; else empty)
     .Output("unprojected: T")    // [T, B, u] m (projection; else empty)
     .Output("projected_raw: T")  // [T, B, p] m P before the clip (proj_clip; else empty)
+    .Output("norm_stats: T")     // [T, B, 6] (mean, 1/std) of each norm (a norm; else empty)
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle xz = c->input(0);
       TF_RETURN_IF_ERROR(c->WithRank(xz, 3, &xz));
@@ -229,7 +129,7 @@ REGISTER_OP("TbpttLstmForward")
       c->set_output(0, c->MakeShape({steps, batch, out}));
       c->set_output(1, c->MakeShape({steps, batch, units}));
       c->set_output(2, c->MakeShape({steps, batch, four_u}));
-      for (int i = 3; i < 7; ++i) c->set_output(i, c->UnknownShape());
+      for (int i = 3; i < 8; ++i) c->set_output(i, c->UnknownShape());
       return Status();
     });
 
@@ -239,9 +139,10 @@ REGISTER_OP("TbpttLstmBackward")
     .Input("c: T")
     .Input("gates: T")
     .Input("cell_raw: T")
-    .Input("recurrent_raw: T")
+    .Input("recurrent_hat: T")
     .Input("unprojected: T")
     .Input("projected_raw: T")
+    .Input("norm_stats: T")
     .Input("dh: T")  // [T, B, out] gradient arriving at h of every step
     .Input("dc: T")  // [T, B, u]
     .Output("dxz: T")              // [T, B, 4u] gradient of the input projection (= dz)
@@ -263,49 +164,13 @@ REGISTER_OP("TbpttLstmBackward")
       return Status();
     });
 
-// What the forward and backward ops share: the choice of matrix-product library, the settings
-// input and outputs that are empty when their variant is off.
-class LstmOpBase : public OpKernel {
- public:
-  explicit LstmOpBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
-    OP_REQUIRES_OK(ctx, ctx->GetAttr("gemm", &gemm_));
-    if (gemm_ < 0) gemm_ = kHaveMkl ? kGemmMkl : kGemmEigen;
-    OP_REQUIRES(ctx, gemm_ == kGemmEigen || (gemm_ == kGemmMkl && kHaveMkl),
-                tensorflow::errors::InvalidArgument("gemm=", gemm_, " is not built in"));
-  }
-
- protected:
-  // settings: (cell_clip, proj_clip, epsilon), a clip <= 0 is off. A tensor, not float attrs, so
-  // that the float64 kernel clips at exactly the float64 value.
-  template <typename T>
-  static Status ReadSettings(OpKernelContext* ctx, T* cclip, T* pclip, T* eps) {
-    if (ctx->input(13).NumElements() != 3) {
-      return tensorflow::errors::InvalidArgument("settings must have 3 elements");
-    }
-    const T* settings = ctx->input(13).flat<T>().data();
-    *cclip = settings[0];
-    *pclip = settings[1];
-    *eps = settings[2];
-    return Status();
-  }
-
-  // Output i, shaped `dims` when `on`, else empty; the caller checks ctx->status() afterwards.
-  template <typename T>
-  static void AllocateOutput(OpKernelContext* ctx, int i, bool on,
-                             std::initializer_list<int64_t> dims, T** ptr) {
-    Tensor* t = nullptr;
-    TensorShape shape = on ? TensorShape(dims) : TensorShape({0});
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(i, shape, &t));
-    *ptr = t->flat<T>().data();
-  }
-
-  int gemm_;
-};
+// The forward op: the whole time loop over T steps.
 
 template <typename T>
 class LstmForwardOp : public LstmOpBase {
   using Block = Eigen::Map<Array<T>>;
   using ConstBlock = Eigen::Map<const Array<T>>;
+  using Row = Eigen::Map<RowArray<T>>;
   using ConstRow = Eigen::Map<const RowArray<T>>;
 
  public:
@@ -318,17 +183,19 @@ class LstmForwardOp : public LstmOpBase {
     T cclip, pclip, eps;
     OP_REQUIRES_OK(ctx, ReadSettings(ctx, &cclip, &pclip, &eps));
     const bool clip_c = cclip > 0, clip_p = d.projection && pclip > 0;
+    const bool norms = d.layer_norm || d.input_norm;
     auto alloc = [ctx](int i, bool on, std::initializer_list<int64_t> dims, T** ptr) {
       AllocateOutput(ctx, i, on, dims, ptr);
     };
-    T *h_all, *c_all, *gates, *cell_raw, *rec_raw, *unproj, *proj_raw;
+    T *h_all, *c_all, *gates, *cell_raw, *rec_hat, *unproj, *proj_raw, *stats;
     alloc(0, true, {S, B, O}, &h_all);
     alloc(1, true, {S, B, U}, &c_all);
     alloc(2, true, {S, B, G}, &gates);
     alloc(3, clip_c, {S, B, U}, &cell_raw);
-    alloc(4, d.layer_norm, {S, B, G}, &rec_raw);
+    alloc(4, d.layer_norm, {S, B, G}, &rec_hat);
     alloc(5, d.projection, {S, B, U}, &unproj);
     alloc(6, clip_p, {S, B, O}, &proj_raw);
+    alloc(7, norms, {S, B, kStats}, &stats);
     if (!ctx->status().ok() || S == 0) return;
 
     const T* xz = ctx->input(0).flat<T>().data();
@@ -344,15 +211,16 @@ class LstmForwardOp : public LstmOpBase {
     const T* rmask = ctx->input(10).flat<T>().data();
     const T* zc = ctx->input(11).flat<T>().data();
     const T* zh = ctx->input(12).flat<T>().data();
+    const T* in_gamma = ctx->input(14).flat<T>().data();
+    const T* bias = ctx->input(15).flat<T>().data();
 
     // Whole [B, n] blocks go through Eigen's array expressions, which vectorise the sigmoid and
     // tanh; a scalar loop over std::exp and std::tanh costs more than the matrix product here.
-    std::vector<T> h_in(d.recurrent_mask ? B * O : 0), rec(B * G), m(d.projection ? B * U : 0),
-        cn(B * U), xn_buf(d.input_norm ? B * G : 0);
-    const T* in_gamma = ctx->input(14).flat<T>().data();
-    const T* bias = ctx->input(15).flat<T>().data();
-    ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), rg(rgamma, G), cg(cgamma, U),
-        cb(cbeta, U);
+    // Each gate is computed in one pass from its pre-activation terms (peepholes included).
+    std::vector<T> h_in(d.recurrent_mask ? B * O : 0), rec(d.layer_norm ? 0 : B * G),
+        m(d.projection ? B * U : 0);
+    ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), rg(rgamma, G), ig(in_gamma, G),
+        bs(bias, G), cg(cgamma, U), cb(cbeta, U);
     for (int t = 0; t < S; ++t) {
       const T* h_prev = t == 0 ? h0 : h_all + int64_t(t - 1) * B * O;
       const T* c_prev = t == 0 ? c0 : c_all + int64_t(t - 1) * B * U;
@@ -361,29 +229,64 @@ class LstmForwardOp : public LstmOpBase {
         for (int k = 0; k < B * O; ++k) h_in[k] = h_prev[k] * rmask[k];
         lhs = h_in.data();
       }
-      Gemm<T>(ctx, gemm_, lhs, rk, rec.data(), B, O, G, false, false);
       const int64_t row0 = int64_t(t) * B;
-      Block r(rec.data(), B, G);
-      if (d.layer_norm) {
-        std::copy(rec.begin(), rec.end(), rec_raw + row0 * G);
-        for (int b = 0; b < B; ++b) NormalizeRow(rec.data() + int64_t(b) * G, G, eps);
-        r.rowwise() *= rg;
-      }
+      // With layer norm the product is normalised in place in the output the backward op reads.
+      T* r = d.layer_norm ? rec_hat + row0 * G : rec.data();
+      Gemm(gemm_, lhs, rk, r, B, O, G, false, false);
+      const T* xzt = xz + row0 * G;
       Block gt(gates + row0 * G, B, G);
-      if (d.input_norm) {
-        Block xn(xn_buf.data(), B, G);
-        xn = ConstBlock(xz + row0 * G, B, G);
-        for (int b = 0; b < B; ++b) NormalizeRow(xn_buf.data() + int64_t(b) * G, G, eps);
-        gt = (xn.rowwise() * ConstRow(in_gamma, G)).rowwise() + ConstRow(bias, G) + r;
+      if (norms) {
+        for (int b = 0; b < B; ++b) {
+          T* st = stats + (row0 + b) * kStats;
+          Row rr(r + int64_t(b) * G, G), g(gates + (row0 + b) * G, G);
+          ConstRow xb(xzt + int64_t(b) * G, G);
+          if (d.layer_norm && d.input_norm) {  // both norms and the sum in one pass
+            RowStats(rr.data(), G, eps, st + kRecMean, st + kRecInv);
+            RowStats(xb.data(), G, eps, st + kInMean, st + kInInv);
+            const T rm = st[kRecMean], ri = st[kRecInv], xm = st[kInMean], xi = st[kInInv];
+            T* rp = rr.data();
+            T* gp = g.data();
+            const T* xp = xb.data();
+#pragma omp simd
+            for (int j = 0; j < G; ++j) {
+              const T rh = (rp[j] - rm) * ri;
+              rp[j] = rh;
+              gp[j] = (xp[j] - xm) * xi * in_gamma[j] + bias[j] + rh * rgamma[j];
+            }
+            continue;
+          }
+          if (d.layer_norm) {
+            RowStats(rr.data(), G, eps, st + kRecMean, st + kRecInv);
+            rr = (rr - st[kRecMean]) * st[kRecInv];
+          }
+          if (d.input_norm) {
+            RowStats(xb.data(), G, eps, st + kInMean, st + kInInv);
+            if (d.layer_norm) {
+              g = (xb - st[kInMean]) * st[kInInv] * ig + bs + rr * rg;
+            } else {
+              g = (xb - st[kInMean]) * st[kInInv] * ig + bs + rr;
+            }
+          } else {
+            g = xb + rr * rg;
+          }
+        }
       } else {
-        gt = ConstBlock(xz + row0 * G, B, G) + r;
+        gt = ConstBlock(xzt, B, G) + ConstBlock(r, B, G);
       }
       ConstBlock cp(c_prev, B, U);
+      // A broadcast row (`block.rowwise() * p`) has no packet access, and Eigen would evaluate
+      // the whole expression, logistic and tanh included, one scalar at a time: the peephole and
+      // norm terms are added row by row.
       if (d.peepholes) {
-        gt.leftCols(U) += cp.rowwise() * pi;
-        gt.middleCols(U, U) += cp.rowwise() * pf;
+        for (int b = 0; b < B; ++b) {
+          T* gb = gates + (row0 + b) * G;
+          ConstRow cpb(c_prev + int64_t(b) * U, U);
+          Row(gb, U) = (Row(gb, U) + cpb * pi).logistic();
+          Row(gb + U, U) = (Row(gb + U, U) + cpb * pf).logistic();
+        }
+      } else {
+        gt.leftCols(2 * U) = gt.leftCols(2 * U).logistic();
       }
-      gt.leftCols(2 * U) = gt.leftCols(2 * U).logistic();
       gt.middleCols(2 * U, U) = gt.middleCols(2 * U, U).tanh();
       Block c(c_all + row0 * U, B, U);
       c = gt.middleCols(U, U) * cp + gt.leftCols(U) * gt.middleCols(2 * U, U);
@@ -391,20 +294,30 @@ class LstmForwardOp : public LstmOpBase {
         Block(cell_raw + row0 * U, B, U) = c;
         c = c.max(-cclip).min(cclip);
       }
-      if (d.peepholes) gt.rightCols(U) += c.rowwise() * po;
-      gt.rightCols(U) = gt.rightCols(U).logistic();
-      Block cnb(cn.data(), B, U);
-      cnb = c;
-      if (d.layer_norm) {
-        for (int b = 0; b < B; ++b) NormalizeRow(cn.data() + int64_t(b) * U, U, eps);
-        cnb.rowwise() *= cg;
-        cnb.rowwise() += cb;
+      if (d.peepholes) {
+        for (int b = 0; b < B; ++b) {
+          Row ob(gates + (row0 + b) * G + 3 * U, U);
+          ob = (ob + ConstRow(c_all + (row0 + b) * U, U) * po).logistic();
+        }
+      } else {
+        gt.rightCols(U) = gt.rightCols(U).logistic();
       }
-      Block(d.projection ? m.data() : h_all + row0 * O, B, U) = gt.rightCols(U) * cnb.tanh();
+      T* mt = d.projection ? m.data() : h_all + row0 * O;
+      if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) {
+          T* st = stats + (row0 + b) * kStats;
+          ConstRow cr(c_all + (row0 + b) * U, U), o(gates + (row0 + b) * G + 3 * U, U);
+          RowStats(cr.data(), U, eps, st + kCellMean, st + kCellInv);
+          Row(mt + int64_t(b) * U, U) =
+              o * ((cr - st[kCellMean]) * st[kCellInv] * cg + cb).tanh();
+        }
+      } else {
+        Block(mt, B, U) = gt.rightCols(U) * c.tanh();
+      }
       T* h = h_all + row0 * O;
       if (d.projection) {
         std::copy(m.begin(), m.end(), unproj + row0 * U);
-        Gemm<T>(ctx, gemm_, m.data(), proj, h, B, U, O, false, false);
+        Gemm(gemm_, m.data(), proj, h, B, U, O, false, false);
         if (clip_p) {
           std::copy(h, h + B * O, proj_raw + row0 * O);
           for (int k = 0; k < B * O; ++k) h[k] = std::min(std::max(h[k], -pclip), pclip);
@@ -429,10 +342,18 @@ class LstmForwardOp : public LstmOpBase {
   }
 };
 
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<float>("T"),
+                        LstmForwardOp<float>);
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<double>("T"),
+                        LstmForwardOp<double>);
+
+// The backward op: the time loop walked back from step T-1 to 0.
+
 template <typename T>
 class LstmBackwardOp : public LstmOpBase {
   using Block = Eigen::Map<Array<T>>;
   using ConstBlock = Eigen::Map<const Array<T>>;
+  using Row = Eigen::Map<RowArray<T>>;
   using ConstRow = Eigen::Map<const RowArray<T>>;
 
  public:
@@ -480,29 +401,45 @@ class LstmBackwardOp : public LstmOpBase {
     const T* rmask = ctx->input(10).flat<T>().data();
     const T* zc = ctx->input(11).flat<T>().data();
     const T* zh = ctx->input(12).flat<T>().data();
-    const T* h_all = ctx->input(16).flat<T>().data();
     const T* c_all = ctx->input(17).flat<T>().data();
     const T* gates = ctx->input(18).flat<T>().data();
     const T* cell_raw = ctx->input(19).flat<T>().data();
-    const T* rec_raw = ctx->input(20).flat<T>().data();
+    const T* rec_hat = ctx->input(20).flat<T>().data();
     const T* proj_raw = ctx->input(22).flat<T>().data();
-    const T* dh_in = ctx->input(23).flat<T>().data();
-    const T* dc_in = ctx->input(24).flat<T>().data();
+    const T* stats = ctx->input(23).flat<T>().data();
+    const T* dh_in = ctx->input(24).flat<T>().data();
+    const T* dc_in = ctx->input(25).flat<T>().data();
+    if ((d.layer_norm || d.input_norm) &&
+        ctx->input(23).NumElements() != int64_t(S) * B * kStats) {
+      ctx->CtxFailure(tensorflow::errors::InvalidArgument(
+          "norm_stats has ", ctx->input(23).NumElements(), " elements, expected ",
+          int64_t(S) * B * kStats));
+      return;
+    }
 
     std::fill(dh0, dh0 + B * O, T(0));
     std::fill(dc0, dc0 + B * U, T(0));
-    if (d.peepholes) std::fill(dpeep, dpeep + 3 * U, T(0));
     if (d.layer_norm) {
       std::fill(drgamma, drgamma + G, T(0));
       std::fill(dcgamma, dcgamma + U, T(0));
       std::fill(dcbeta, dcbeta + U, T(0));
     }
+    // The products with R^T and P^T (P [u, p]).
+    std::vector<T> rk_copy, proj_copy;
+    bool rk_tb, proj_tb = false;
+    const T* rk_b = TransposedForGemm(gemm_, rk, O, G, &rk_copy, &rk_tb);
+    const T* proj_b =
+        d.projection ? TransposedForGemm(gemm_, proj, U, O, &proj_copy, &proj_tb) : proj;
     // dh0 / dc0 carry the gradient of the state after step t while walking back in time.
     T* dh = dh0;
     T* dc = dc0;
+    // The peephole gradients are summed elementwise over the steps per row ([B, 3u]) and over the
+    // rows once at the end: no reduction inside the time loop.
     std::vector<T> dh_new(B * O), dc_new(B * U), dm(d.projection ? B * U : 0), cs(B * U),
-        cn(B * U), tc(B * U), dcn(B * U), inv_std(B), scratch(G), v_hat(G), dh_rec(B * O);
+        cn(d.layer_norm ? B * U : 0), tc(B * U), dcn(B * U), dh_rec(B * O),
+        dpeep_rows(d.peepholes ? B * 3 * U : 0, T(0));
     ConstRow pi(peep, U), pf(peep + U, U), po(peep + 2 * U, U), cg(cgamma, U), cb(cbeta, U);
+    Block dpr(dpeep_rows.data(), B, d.peepholes ? 3 * U : 0);
     for (int t = S - 1; t >= 0; --t) {
       const int64_t row0 = int64_t(t) * B;
       const T* c_prev = t == 0 ? c0 : c_all + (row0 - B) * U;
@@ -510,27 +447,34 @@ class LstmBackwardOp : public LstmOpBase {
       for (int k = 0; k < B * U; ++k) dc[k] += dc_in[row0 * U + k];
       // Mask and zoneout: split the state's gradient into the new step's part and the carried
       // part, which stays in dh / dc for step t-1.
-      for (int b = 0; b < B; ++b) {
-        const bool on = !d.mask || mask[row0 + b] != T(0);
-        for (int j = 0; j < O; ++j) {
-          const int k = b * O + j;
-          if (!on) {
-            dh_new[k] = 0;
-            continue;
+      if (!d.mask && !d.zoneout) {
+        std::copy(dh, dh + B * O, dh_new.data());
+        std::copy(dc, dc + B * U, dc_new.data());
+        std::fill(dh, dh + B * O, T(0));
+        std::fill(dc, dc + B * U, T(0));
+      } else {
+        for (int b = 0; b < B; ++b) {
+          const bool on = !d.mask || mask[row0 + b] != T(0);
+          for (int j = 0; j < O; ++j) {
+            const int k = b * O + j;
+            if (!on) {
+              dh_new[k] = 0;
+              continue;
+            }
+            const T kh = d.zoneout ? zh[row0 * O + k] : T(0);
+            dh_new[k] = (T(1) - kh) * dh[k];
+            dh[k] *= kh;
           }
-          const T kh = d.zoneout ? zh[row0 * O + k] : T(0);
-          dh_new[k] = (T(1) - kh) * dh[k];
-          dh[k] *= kh;
-        }
-        for (int j = 0; j < U; ++j) {
-          const int k = b * U + j;
-          if (!on) {
-            dc_new[k] = 0;
-            continue;
+          for (int j = 0; j < U; ++j) {
+            const int k = b * U + j;
+            if (!on) {
+              dc_new[k] = 0;
+              continue;
+            }
+            const T kc = d.zoneout ? zc[row0 * U + k] : T(0);
+            dc_new[k] = (T(1) - kc) * dc[k];
+            dc[k] *= kc;
           }
-          const T kc = d.zoneout ? zc[row0 * U + k] : T(0);
-          dc_new[k] = (T(1) - kc) * dc[k];
-          dc[k] *= kc;
         }
       }
       const T* dmo = dh_new.data();
@@ -540,7 +484,7 @@ class LstmBackwardOp : public LstmOpBase {
           const bool pass = !clip_p || std::abs(proj_raw[row0 * O + k]) <= pclip;
           dp[k] = pass ? dh_new[k] : T(0);
         }
-        Gemm<T>(ctx, gemm_, dp, proj, dm.data(), B, O, U, true, false);
+        Gemm(gemm_, dp, proj_b, dm.data(), B, O, U, proj_tb, false);
         dmo = dm.data();
       }
       // The step's c (before zoneout and the mask) from the gates, or from cell_raw with a clip.
@@ -552,14 +496,17 @@ class LstmBackwardOp : public LstmOpBase {
       } else {
         c = gt.middleCols(U, U) * cp + gt.leftCols(U) * gt.middleCols(2 * U, U);
       }
-      Block c_hat(cn.data(), B, U);
-      c_hat = c;
       Block t_c(tc.data(), B, U);
       if (d.layer_norm) {
-        for (int b = 0; b < B; ++b) inv_std[b] = NormalizeRow(cn.data() + int64_t(b) * U, U, eps);
-        t_c = ((c_hat.rowwise() * cg).rowwise() + cb).tanh();
+        for (int b = 0; b < B; ++b) {
+          const T* st = stats + (row0 + b) * kStats;
+          const int64_t k = int64_t(b) * U;
+          Row cnb(cn.data() + k, U);
+          cnb = (Row(cs.data() + k, U) - st[kCellMean]) * st[kCellInv];
+          Row(tc.data() + k, U) = (cnb * cg + cb).tanh();
+        }
       } else {
-        t_c = c_hat.tanh();
+        t_c = c.tanh();
       }
       ConstBlock dmb(dmo, B, U);
       const auto o = gt.rightCols(U);
@@ -570,15 +517,21 @@ class LstmBackwardOp : public LstmOpBase {
       if (d.layer_norm) {
         for (int b = 0; b < B; ++b) {
           const int64_t k = int64_t(b) * U;
-          NormalizeRowGrad(dcn.data() + k, cn.data() + k, inv_std[b], cgamma, U, dcn.data() + k,
-                           dcgamma, dcbeta, scratch.data());
+          NormalizeRowGrad(dcn.data() + k, cn.data() + k, T(0), T(1),
+                           stats[(row0 + b) * kStats + kCellInv], cgamma, U, dcn.data() + k,
+                           dcgamma, dcbeta);
         }
       }
       // dcnb becomes the gradient of the step's c, then of c before the clip.
-      dcnb += Block(dc_new.data(), B, U);
       if (d.peepholes) {
-        dcnb += dz.rightCols(U).rowwise() * po;
-        Eigen::Map<RowArray<T>>(dpeep + 2 * U, U) += (dz.rightCols(U) * c).colwise().sum();
+        for (int b = 0; b < B; ++b) {
+          const int64_t k = int64_t(b) * U;
+          Row(dcn.data() + k, U) +=
+              Row(dc_new.data() + k, U) + ConstRow(dxz + (row0 + b) * G + 3 * U, U) * po;
+        }
+        dpr.rightCols(U) += dz.rightCols(U) * c;
+      } else {
+        dcnb += Block(dc_new.data(), B, U);
       }
       if (clip_c) {
         dcnb = (ConstBlock(cell_raw + row0 * U, B, U).abs() > cclip).select(T(0), dcnb);
@@ -590,45 +543,57 @@ class LstmBackwardOp : public LstmOpBase {
       dz.middleCols(U, U) = dcnb * cp * f * (T(1) - f);
       dz.middleCols(2 * U, U) = dcnb * i * (T(1) - g * g);
       Block dcp(dc, B, U);
-      dcp += dcnb * f;
       if (d.peepholes) {
-        dcp += dz.leftCols(U).rowwise() * pi + dz.middleCols(U, U).rowwise() * pf;
-        Eigen::Map<RowArray<T>>(dpeep, U) += (dz.leftCols(U) * cp).colwise().sum();
-        Eigen::Map<RowArray<T>>(dpeep + U, U) += (dz.middleCols(U, U) * cp).colwise().sum();
+        for (int b = 0; b < B; ++b) {
+          const int64_t k = int64_t(b) * U;
+          const T* dzb = dxz + (row0 + b) * G;
+          Row(dc + k, U) += Row(dcn.data() + k, U) * ConstRow(gates + (row0 + b) * G + U, U) +
+                            ConstRow(dzb, U) * pi + ConstRow(dzb + U, U) * pf;
+        }
+        dpr.leftCols(U) += dz.leftCols(U) * cp;
+        dpr.middleCols(U, U) += dz.middleCols(U, U) * cp;
+      } else {
+        dcp += dcnb * f;
       }
-      if (d.layer_norm) {
+      if (d.layer_norm && d.input_norm) {
         for (int b = 0; b < B; ++b) {
           const int64_t row = row0 + b;
-          std::copy(rec_raw + row * G, rec_raw + (row + 1) * G, v_hat.data());
-          const T inv = NormalizeRow(v_hat.data(), G, eps);
-          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, rgamma, G, drec + row * G, drgamma,
-                           static_cast<T*>(nullptr), scratch.data());
+          const T* st = stats + row * kStats;
+          NormalizeRowGrad2(dxz + row * G, rec_hat + row * G, st[kRecInv], rgamma, drec + row * G,
+                            drgamma, xz + row * G, st[kInMean], st[kInInv], in_gamma, dingamma,
+                            dbias, G);
+        }
+      } else if (d.layer_norm) {
+        for (int b = 0; b < B; ++b) {
+          const int64_t row = row0 + b;
+          NormalizeRowGrad(dxz + row * G, rec_hat + row * G, T(0), T(1),
+                           stats[row * kStats + kRecInv], rgamma, G, drec + row * G, drgamma,
+                           static_cast<T*>(nullptr));
         }
       }
       const T* drow = d.layer_norm ? drec + row0 * G : dxz + row0 * G;
-      Gemm<T>(ctx, gemm_, drow, rk, dh_rec.data(), B, G, O, true, false);
-      if (d.input_norm) {  // dz -> the gradient of x K before its norm (after dz's last use)
+      Gemm(gemm_, drow, rk_b, dh_rec.data(), B, G, O, rk_tb, false);
+      if (d.input_norm && !d.layer_norm) {  // dz -> the gradient of x K before its norm
         for (int b = 0; b < B; ++b) {
           const int64_t row = row0 + b;
-          std::copy(xz + row * G, xz + (row + 1) * G, v_hat.data());
-          const T inv = NormalizeRow(v_hat.data(), G, eps);
-          NormalizeRowGrad(dxz + row * G, v_hat.data(), inv, in_gamma, G, dxz + row * G, dingamma,
-                           dbias, scratch.data());
+          const T* st = stats + row * kStats;
+          NormalizeRowGrad(dxz + row * G, xz + row * G, st[kInMean], st[kInInv], st[kInInv],
+                           in_gamma, G, dxz + row * G, dingamma, dbias);
         }
       }
-      for (int k = 0; k < B * O; ++k) {
-        dh[k] += d.recurrent_mask ? dh_rec[k] * rmask[k] : dh_rec[k];
+      if (d.recurrent_mask) {
+        for (int k = 0; k < B * O; ++k) dh[k] += dh_rec[k] * rmask[k];
+      } else {
+        for (int k = 0; k < B * O; ++k) dh[k] += dh_rec[k];
       }
     }
+    if (d.peepholes) Eigen::Map<RowArray<T>>(dpeep, 3 * U) = dpr.colwise().sum();
   }
 };
 
-#define TBPTT_REGISTER(T)                                                                   \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("TbpttLstmForward").Device(DEVICE_CPU).TypeConstraint<T>("T"), LstmForwardOp<T>); \
-  REGISTER_KERNEL_BUILDER(                                                                  \
-      Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<T>("T"), LstmBackwardOp<T>);
-TBPTT_REGISTER(float)
-TBPTT_REGISTER(double)
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<float>("T"),
+                        LstmBackwardOp<float>);
+REGISTER_KERNEL_BUILDER(Name("TbpttLstmBackward").Device(DEVICE_CPU).TypeConstraint<double>("T"),
+                        LstmBackwardOp<double>);
 
 }  // namespace tbptt

@@ -24,6 +24,9 @@ CHOOSE = dict(unsupported=None, kernel_error=None, xla=False, export=False, devi
     ("auto", dict(device="GPU", cudnn_ok=True), "cudnn"),
     ("auto", dict(device="GPU", cudnn_ok=False), "loop"),
     ("loop", dict(device="GPU", cudnn_ok=True), "loop"),
+    ("cudnn", dict(device="GPU", cudnn_ok=True), "cudnn"),
+    ("cudnn", dict(device="GPU", cudnn_ok=True, xla=True), "loop"),
+    ("cudnn", dict(device="GPU", cudnn_ok=True, export=True), "loop"),
 ])
 def test_choose(requested, overrides, expected):
   implementation, reason = dispatch.choose(requested, **dict(CHOOSE, **overrides))
@@ -40,6 +43,15 @@ def test_fused_request_that_cannot_run_raises(overrides, error, match):
     dispatch.choose("fused", **dict(CHOOSE, **overrides))
 
 
+@pytest.mark.parametrize("overrides, match", [
+    (dict(cudnn_ok=True), "'cudnn' needs a GPU, the layer runs on CPU"),
+    (dict(device="GPU", cudnn_why="the layer sets layer_norm"), "cannot run.*sets layer_norm"),
+])
+def test_cudnn_request_that_cannot_run_raises(overrides, match):
+  with pytest.raises(ValueError, match=match):
+    dispatch.choose("cudnn", **dict(CHOOSE, **overrides))
+
+
 def test_unknown_implementation_raises_naming_it():
   with pytest.raises(ValueError, match="implementation must be one of .*'cuda'"):
     LSTM(4, implementation="cuda")
@@ -47,16 +59,18 @@ def test_unknown_implementation_raises_naming_it():
     StackedLSTM(4, 2, implementation="")
 
 
-def test_cudnn_takes_only_the_plain_variant_without_a_mask():
+def test_cudnn_takes_only_the_plain_variant():
   def cell(**kwargs):
     layer = LSTM(4, **kwargs)
     layer(tf.zeros([1, 1, 3]))
     return layer.cell
-  assert dispatch.cudnn_applicable(cell(), has_mask=False)
-  assert not dispatch.cudnn_applicable(cell(), has_mask=True)
+  assert dispatch.cudnn_applicable(cell()) and dispatch.cudnn_unsupported(cell()) is None
+  assert dispatch.cudnn_applicable(cell(dropout=0.1))  # input dropout is applied before
   for kwargs in (dict(use_peepholes=True), dict(num_proj=2), dict(cell_clip=1.0),
-                 dict(layer_norm=True), dict(zoneout_cell=0.1), dict(recurrent_dropout=0.1)):
-    assert not dispatch.cudnn_applicable(cell(**kwargs), has_mask=False), kwargs
+                 dict(layer_norm=True), dict(zoneout_cell=0.1), dict(zoneout_hidden=0.1),
+                 dict(recurrent_dropout=0.1)):
+    assert not dispatch.cudnn_applicable(cell(**kwargs)), kwargs
+    assert list(kwargs)[0] in dispatch.cudnn_unsupported(cell(**kwargs))
 
 
 def test_auto_runs_fused_eagerly_and_the_loop_under_jit_compile():

@@ -54,6 +54,42 @@ def test_second_build_is_a_cache_hit_and_a_source_change_rebuilds(tmp_path, coun
   assert changed != first and os.path.exists(changed) and counting_compiler() == 2
 
 
+@pytest.mark.slow
+def test_several_units_compile_apart_and_link_into_one_library(tmp_path, counting_compiler):
+  # Two units (each registers an op) and a header they include: two compilations and a link; a
+  # change to the header alone rebuilds.
+  header = tmp_path / "probe.h"
+  header.write_text("#define TBPTT_PROBE_OUTPUT \"y: int32\"\n")
+  units = []
+  for n in (1, 2):
+    unit = tmp_path / f"probe{n}.cc"
+    unit.write_text('#include "probe.h"\n' + PROBE_OP.format(n=n).replace(
+        '"y: int32"', "TBPTT_PROBE_OUTPUT"))
+    units.append(str(unit))
+  cache = str(tmp_path / "cache")
+  library = build.build("probe", units + [str(header)], cache)
+  assert counting_compiler() == 3
+  assert sorted(os.listdir(cache)) == sorted([os.path.basename(library),
+                                              os.path.basename(library)[:-3] + ".lock"])
+  code = (f"import tensorflow as tf; lib = tf.load_op_library({library!r}); "
+          "print(callable(lib.tbptt_build_probe1), callable(lib.tbptt_build_probe2))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+  assert result.stdout.split()[-2:] == ["True", "True"], result.stderr[-500:]
+  header.write_text("#define TBPTT_PROBE_OUTPUT \"y: int64\"\n")
+  assert build.build("probe", units + [str(header)], cache) != library
+  assert counting_compiler() == 6
+
+
+def test_a_failing_unit_names_its_error(tmp_path):
+  good, bad = tmp_path / "good.cc", tmp_path / "bad.cc"
+  good.write_text("int tbptt_probe_good() { return 1; }\n")
+  bad.write_text("int tbptt_probe_bad() { return undeclared_name; }\n")
+  with pytest.raises(build.BuildError, match="exited 1: .*undeclared_name"):
+    build.build("probe", [str(good), str(bad)], str(tmp_path / "cache"))
+  assert [f for f in os.listdir(tmp_path / "cache") if not f.endswith(".lock")] == []
+
+
 def test_cache_key_names_tensorflow_source_compiler_and_cpu(tmp_path, monkeypatch):
   source = _probe(tmp_path)
   key = build.cache_key([source], ["c++"], "g++ 12")
@@ -117,7 +153,9 @@ def test_non_editable_install_ships_the_sources_and_runs_fused(tmp_path):
                   "--target", str(target), str(REPO)], check=True, timeout=600,
                  capture_output=True)
   kernels_dir = target / "tbptt" / "layers" / "kernels"
-  assert (kernels_dir / "lstm_ops.cc").exists()
+  from tbptt.layers import kernels
+  for source in kernels.SOURCES:  # every translation unit and header ships
+    assert (kernels_dir / os.path.basename(source)).exists(), source
   code = textwrap.dedent("""\
       import tensorflow as tf
       from tbptt.layers import LSTM, kernels

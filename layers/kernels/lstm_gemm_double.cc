@@ -1,0 +1,12 @@
+// Gemm for double (declared in lstm_ops.h, implemented in lstm_gemm.h).
+
+#include "lstm_gemm.h"
+
+namespace tbptt {
+
+void Gemm(int mode, const double* a, const double* b, double* out, int m, int k, int n,
+          bool transpose_b, bool accumulate) {
+  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate);
+}
+
+}  // namespace tbptt
