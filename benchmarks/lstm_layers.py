@@ -157,7 +157,7 @@ def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
       f"- threads: {thread_settings()}",
       "- load average (1, 5, 15 min) at the end: " + ", ".join(f"{v:.2f}" for v in os.getloadavg()),
       f"- TensorFlow {tf.__version__}, Keras {keras.__version__}"
-      + (f", torch {torch.__version__}" if with_torch else "")
+      + (f", torch {torch.__version__}" if with_torch and torch is not None else "")
       + f"; fused kernel multiplies with {kernels.gemm_library() or 'nothing (not built)'}",
       "",
   ]
@@ -168,14 +168,19 @@ def report(results: dict, rounds: int, noise: float) -> tuple[str, bool]:
     header += ["torch ms", "fused/torch"]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   checks = []
+
+  def ms(value):  # Tiny shapes (--quick) take well under 0.1 ms: keep two significant digits.
+    return f"{value:.1f}" if value >= 1 else f"{value:.2g}"
+
   for shape, r in results.items():
     ours, fused = r["ours"], r["fused"]
-    row = [str(shape), f"{ours:.1f}", f"{r['keras']:.1f}", f"{ours / r['keras']:.2f}",
-           f"{r['peephole'] / ours:.2f}", f"{r['layer_norm'] / ours:.2f}", f"{fused:.1f}",
+    row = [str(shape), ms(ours), ms(r["keras"]), f"{ours / r['keras']:.2f}",
+           f"{r['peephole'] / ours:.2f}", f"{r['layer_norm'] / ours:.2f}", ms(fused),
            f"{fused / ours:.2f}", f"{r['fused_peephole'] / fused:.2f}",
            f"{r['fused_layer_norm'] / fused:.2f}"]
     if with_torch:
-      row += [f"{r['torch']:.1f}", f"{fused / r['torch']:.2f}"]
+      ratio = fused / r["torch"]
+      row += [ms(r["torch"]), f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"]
     lines.append("| " + " | ".join(row) + " |")
     checks += [
         (f"{shape}: loop/keras = {ours / r['keras']:.2f} <= 1.0 (+{noise:.0%} noise)",
