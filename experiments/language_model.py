@@ -43,9 +43,9 @@ class LanguageModel(keras.Model):
       `tbptt.experiments.initializers` ('unit_normal', 'lstm_uniform', 'fan_in_uniform').
       The embedding starts N(0, 1) (PyTorch's `nn.Embedding`), not Keras's U(-0.05, 0.05):
       inputs of unit scale drive the LSTM's gates from the first step, and a character LM
-      learns about 0.1 bits/char faster per step (README, "Learning speed"). The LSTM keeps
-      Keras's initializers (Glorot, orthogonal, forget bias 1), which learn as fast as
-      PyTorch's there.
+      reaches a valid loss 0.07 bits/char lower at equal steps (README, "Learning speed"). The
+      LSTM keeps Keras's initializers (Glorot, orthogonal, forget bias 1), which learn as fast
+      as PyTorch's there.
     init_scale: If set, every weight but the biases starts uniform in [-init_scale, init_scale]
       (Zaremba et al.), overriding the initializers above.
     residual: Residual connections between layers of equal size.
