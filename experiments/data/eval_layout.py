@@ -14,7 +14,6 @@ training layout (`tbptt.StreamLayout`) cuts its ragged tail instead; it need not
 import numpy as np
 import tensorflow as tf
 
-from tbptt.experiments.data.id_tensor import id_tensor
 from tbptt.trainer.errors import ConfigError
 
 
@@ -22,8 +21,9 @@ class EvalLayout:
   """B rows over a whole split, read in T-long chunks with zero-weight padding.
 
   Args:
-    ids: int [N] token ids of the split: an array (held as a constant tensor) or an np.memmap
-      of an id file (mapped into a tensor, see `id_tensor`).
+    ids: int [N] token ids of the split: an array (held as one constant tensor) or an np.memmap
+      (left on disk; each chunk's window is read from it by `tf.numpy_function`, so memory does
+      not grow with the split).
     batch_size: Rows B.
     seq_len: Chunk length T (tokens).
     name: What the ids are (for error messages), e.g. "the valid text".
@@ -45,7 +45,8 @@ class EvalLayout:
     self.seq_len = seq_len
     self.row_length = -(-self.num_targets // batch_size)
     self.num_chunks = -(-self.row_length // seq_len)
-    self._ids = id_tensor(self.ids)  # [N]; built once, so the tf.functions capture it.
+    # Built eagerly once, so the tf.functions that read it capture it instead of embedding a copy.
+    self._ids = None if self.memory_mapped else tf.constant(self.ids)  # [N]
 
   @property
   def tokens_per_pass(self) -> int:
@@ -77,6 +78,14 @@ class EvalLayout:
       bool (True at chunk 0).
     """
     num_rows = self.batch_size if num_rows is None else num_rows
+    if self.memory_mapped:
+      inputs, targets, weights = tf.numpy_function(
+          lambda k, r: self.window(k, r, num_rows), [index, row_start],
+          [tf.int32, tf.int32, tf.float32], name="read_eval_window")
+      for tensor in (inputs, targets, weights):
+        tensor.set_shape([num_rows, self.seq_len])
+      return {"inputs": inputs, "targets": targets, "weights": weights,
+              "reset": tf.fill([num_rows], tf.equal(tf.cast(index, tf.int64), 0))}
     index = tf.cast(index, tf.int64)
     rows = tf.cast(row_start, tf.int64) + tf.range(num_rows, dtype=tf.int64)
     steps = index * self.seq_len + tf.range(self.seq_len, dtype=tf.int64)

@@ -13,7 +13,6 @@ the step), so a resumed run finds its place from the restored step alone.
 import numpy as np
 import tensorflow as tf
 
-from tbptt.experiments.data.id_tensor import id_tensor
 from tbptt.trainer.errors import ConfigError
 
 
@@ -22,8 +21,8 @@ class StreamLayout:
 
   Args:
     ids: int [N] token ids of the whole split: an array (held as one constant tensor) or an
-      np.memmap of an id file (mapped into a tensor, see `id_tensor`; a chunk gathers its window
-      from the map, so memory does not grow with the corpus).
+      np.memmap (left on disk; each chunk's window is read from it by `tf.numpy_function`, so
+      memory does not grow with the corpus).
     batch_size: Rows B.
     seq_len: Chunk length T (tokens).
     name: What the ids are (for error messages), e.g. "the training text".
@@ -33,7 +32,7 @@ class StreamLayout:
   """
 
   def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, name: str = "the text"):
-    # A memory-mapped id file stays on disk: a step gathers its B x (T + 1) window from the map.
+    # A memory-mapped id file stays on disk: a step reads its B x (T + 1) window from the map.
     self.memory_mapped = isinstance(ids, np.memmap)
     ids = ids if self.memory_mapped else np.asarray(ids, np.int32)
     needed = batch_size * (seq_len + 1)
@@ -47,13 +46,8 @@ class StreamLayout:
     length = ids.shape[0] // batch_size
     self.streams = ids[:batch_size * length].reshape(batch_size, length)  # [B, L]
     self.num_chunks = (length - 1) // seq_len
-    # Built eagerly once, so the tf.functions that read them capture them instead of embedding a
-    # copy.
-    if self.memory_mapped:
-      self._ids = id_tensor(ids)  # [N]
-      self._row_starts = tf.constant(np.arange(batch_size) * length, tf.int64)  # [B]
-    else:
-      self._streams = tf.constant(self.streams)  # [B, L]
+    # Built eagerly once, so the tf.functions that read it capture it instead of embedding a copy.
+    self._streams = None if self.memory_mapped else tf.constant(self.streams)
 
   @property
   def tokens_per_pass(self) -> int:
@@ -76,10 +70,9 @@ class StreamLayout:
     index = tf.cast(index, tf.int32)
     row_start = tf.cast(row_start, tf.int32)
     if self.memory_mapped:
-      rows = tf.slice(self._row_starts, tf.reshape(tf.cast(row_start, tf.int64), [1]), [num_rows])
-      positions = (rows[:, None] + tf.cast(index, tf.int64) * self.seq_len
-                   + tf.range(self.seq_len + 1, dtype=tf.int64)[None])  # [b, T + 1]
-      window = tf.cast(tf.gather(self._ids, positions), tf.int32)
+      window = tf.numpy_function(self._read_window, [index, row_start, tf.constant(num_rows)],
+                                 tf.int32, name="read_token_window")
+      window.set_shape([num_rows, self.seq_len + 1])
     else:
       window = tf.slice(self._streams, tf.stack([row_start, index * self.seq_len]),
                         [num_rows, self.seq_len + 1])
@@ -89,6 +82,12 @@ class StreamLayout:
         "weights": tf.ones([num_rows, self.seq_len], tf.float32),
         "reset": tf.fill([num_rows], tf.equal(index, 0)),
     }
+
+  def _read_window(self, index, row_start, num_rows) -> np.ndarray:
+    """int32 [num_rows, T + 1]: the ids chunk `index` reads, copied out of the memory map."""
+    begin = int(index) * self.seq_len
+    rows = self.streams[int(row_start):int(row_start) + int(num_rows)]
+    return np.asarray(rows[:, begin:begin + self.seq_len + 1], np.int32)
 
   def chunk_for_step(self, step, row_start=0, num_rows: int | None = None) -> dict[str, tf.Tensor]:
     """The training chunk of a global step: chunk `step mod num_chunks` (passes repeat forever)."""
