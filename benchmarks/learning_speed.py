@@ -124,7 +124,7 @@ def run_ours(job: dict) -> dict:
   from tbptt.experiments import experiment, gin_files
   size = sizes(job["quick"])
   steps = size["steps"]
-  paths = ", ".join(f"TextCorpus.{k}={v!r}" for k, v in job["paths"].items()).split(", ")
+  paths = [f"TextCorpus.{k}={v!r}" for k, v in job["paths"].items()]
   bindings = paths + [
       "TextCorpus.test_path=None", f"TextCorpus.stdlib_bytes={size['stdlib_bytes']}",
       f"TextCorpus.batch_size={size['batch']}", f"TextCorpus.seq_len={size['seq_len']}",
