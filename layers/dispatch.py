@@ -77,7 +77,8 @@ def cudnn_unsupported(cell) -> str | None:
   """Why cuDNN's LSTM cannot run this cell's variant (None: it can).
 
   cuDNN computes exactly the plain variant (tanh and sigmoid, a bias): no peepholes, projection,
-  clip, layer norm, zoneout or recurrent dropout (input dropout is applied before it), in one dtype.
+  clip, layer norm, zoneout or recurrent dropout (input dropout is applied before it, and weight
+  drop hands it the masked recurrent kernel), in one dtype.
   """
   features = [name for name, on in (
       ("use_peepholes", cell.use_peepholes), ("num_proj", cell.num_proj is not None),

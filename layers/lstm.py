@@ -189,16 +189,17 @@ class LSTM(StatefulCallLayer):
         mask = tf.transpose(mask)
 
     input_mask, recurrent_mask = cell.get_dropout_masks(batch_size, training)
+    kernel_mask = cell.recurrent_kernel_mask(training)  # weight drop: one R for the whole sequence
     if input_mask is not None:
       x *= input_mask[None]
     zoneout = cell.zoneout_keep([steps, batch_size], training)
     implementation = self._resolve(x, mask)
     if implementation == dispatch.FUSED:
-      outputs, final_state = self._run_fused(x, state, mask, recurrent_mask, zoneout)
+      outputs, final_state = self._run_fused(x, state, mask, recurrent_mask, zoneout, kernel_mask)
     elif implementation == dispatch.CUDNN:
-      outputs, final_state = self._run_cudnn(x, state, mask)
+      outputs, final_state = self._run_cudnn(x, state, mask, kernel_mask)
     else:
-      outputs, final_state = self._run_loop(x, state, mask, recurrent_mask, zoneout)
+      outputs, final_state = self._run_loop(x, state, mask, recurrent_mask, zoneout, kernel_mask)
     if self.stateful:
       for variable, value in zip(self.kept_state, final_state):
         variable.assign(value)
@@ -245,19 +246,19 @@ class LSTM(StatefulCallLayer):
         self.implementation, unsupported=unsupported, kernel_error=kernel_error, xla=xla,
         export=export, device=device, cudnn_ok=cudnn_why is None, cudnn_why=cudnn_why)
 
-  def _run_cudnn(self, x, state, mask):
+  def _run_cudnn(self, x, state, mask, kernel_mask=None):
     """cuDNN's LSTM, as `keras.layers.LSTM` runs it on a GPU: x [T, B, F] -> (outputs [T, B, u],
     state). With a mask that is not right-padded, or has an empty row, the loop runs instead."""
     cell = self.cell
     keras_rnn = _keras_rnn()
-    kernel, recurrent_kernel, bias = (cell._weight(w) for w in (
-        cell.kernel, cell.recurrent_kernel, cell.bias))
+    kernel, bias = cell._weight(cell.kernel), cell._weight(cell.bias)
+    recurrent_kernel = cell.step_weights(recurrent_kernel_mask=kernel_mask)["recurrent_kernel"]
     # Batch-major: Keras checks a mask as [B, T] whatever time_major says.
     x_bm = tf.transpose(x, [1, 0, 2])
     mask_bm = None if mask is None else tf.transpose(mask)
 
     def loop():
-      return self._run_loop(x, state, mask, None, None)
+      return self._run_loop(x, state, mask, None, None, kernel_mask)
 
     def cudnn():
       try:
@@ -279,10 +280,13 @@ class LSTM(StatefulCallLayer):
     runs = tf.logical_and(tf.reduce_all(tf.equal(mask_bm, padded)), tf.reduce_all(lengths > 0))
     return tf.cond(runs, cudnn, loop)
 
-  def _run_fused(self, x, state, mask, recurrent_mask, zoneout):
-    """The C++ kernel over the whole sequence: x [T, B, F] -> (outputs [T, B, out], state)."""
+  def _run_fused(self, x, state, mask, recurrent_mask, zoneout, kernel_mask=None):
+    """The C++ kernel over the whole sequence: x [T, B, F] -> (outputs [T, B, out], state).
+
+    The kernel reads the recurrent kernel as an input, so weight drop hands it the masked one.
+    """
     cell = self.cell
-    w = cell.step_weights()
+    w = cell.step_weights(recurrent_kernel_mask=kernel_mask)
     kwargs = {}
     if cell.layer_norm:
       # The kernel normalises x K itself (one op instead of a dozen, and their gradients).
@@ -319,7 +323,7 @@ class LSTM(StatefulCallLayer):
     outputs = h if mask is None else tf.where(mask[:, :, None], h, tf.zeros_like(h))
     return outputs, final_state
 
-  def _run_loop(self, x, state, mask, recurrent_mask, zoneout):
+  def _run_loop(self, x, state, mask, recurrent_mask, zoneout, kernel_mask=None):
     """The cell's step in a tf.while_loop: x [T, B, F] -> (outputs [T, B, out], state)."""
     cell = self.cell
     batch_size = tf.shape(x)[1]
@@ -328,7 +332,8 @@ class LSTM(StatefulCallLayer):
     # than the cell: then the [T, B, 4u] projection (and its gradient) costs more to store and
     # restack than T small matmuls save. This holds with layer norm too.
     hoist = cell.input_dim >= cell.units
-    weights = cell.step_weights(with_input_weights=not hoist, batch_size=batch_size)
+    weights = cell.step_weights(with_input_weights=not hoist, batch_size=batch_size,
+                                recurrent_kernel_mask=kernel_mask)
 
     def step_fn(x_or_xz, state, zoneout_t):
       xz = x_or_xz if hoist else cell.project_step(x_or_xz, weights)

@@ -71,7 +71,9 @@ class LSTMCell(StatefulCallLayer):
              c(t) = p_c c(t-1) + (1 - p_c) c(t),  h(t) = p_h h(t-1) + (1 - p_h) h(t).
   Dropout is variational (Gal & Ghahramani 2016): one mask on x and one on h(t-1) per sequence. A
   standalone cell draws masks at every call unless given `dropout_masks` (see `get_dropout_masks`);
-  `LSTM` draws them once per sequence.
+  `LSTM` draws them once per sequence. Weight drop (DropConnect on R, Wan et al. 2013; Merity et al.
+  2017) zeroes entries of the recurrent kernel with one mask per sequence, shared by every row and
+  step: the step reads R * mask / (1 - rate) (see `recurrent_kernel_mask`).
 
   Weights: `kernel` [F, 4u], `recurrent_kernel` [out, 4u], `bias` [4u]; `peephole_i|f|o` [u];
   `projection` [u, num_proj]; layer norm `input_norm_gamma|beta`, `recurrent_norm_gamma|beta` [4u],
@@ -90,6 +92,7 @@ class LSTMCell(StatefulCallLayer):
     unit_forget_bias: Initialise the forget-gate bias to 1.
     dropout: Variational dropout rate on the inputs, in [0, 1).
     recurrent_dropout: Variational dropout rate on h(t-1), in [0, 1).
+    weight_drop: DropConnect rate on the recurrent kernel R, in [0, 1).
     zoneout_cell: Zoneout rate on c, in [0, 1).
     zoneout_hidden: Zoneout rate on h, in [0, 1).
     kernel_initializer, recurrent_initializer, bias_initializer, projection_initializer,
@@ -104,7 +107,7 @@ class LSTMCell(StatefulCallLayer):
                proj_clip: float | None = None, cell_clip: float | None = None,
                layer_norm: bool = False, layer_norm_epsilon: float = 1e-3,
                unit_forget_bias: bool = True, dropout: float = 0.0, recurrent_dropout: float = 0.0,
-               zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0,
+               weight_drop: float = 0.0, zoneout_cell: float = 0.0, zoneout_hidden: float = 0.0,
                kernel_initializer: Any = "glorot_uniform",
                recurrent_initializer: Any = "orthogonal",
                bias_initializer: Any = "zeros", projection_initializer: Any = "glorot_uniform",
@@ -124,6 +127,7 @@ class LSTMCell(StatefulCallLayer):
     self.unit_forget_bias = bool(unit_forget_bias)
     self.dropout = validation.probability("dropout", dropout)
     self.recurrent_dropout = validation.probability("recurrent_dropout", recurrent_dropout)
+    self.weight_drop = validation.probability("weight_drop", weight_drop)
     self.zoneout_cell = validation.probability("zoneout_cell", zoneout_cell)
     self.zoneout_hidden = validation.probability("zoneout_hidden", zoneout_hidden)
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -218,10 +222,13 @@ class LSTMCell(StatefulCallLayer):
       xk += self._weight(self.recurrent_norm_beta)
     return xk + self._weight(self.bias)
 
-  def step_weights(self, with_input_weights: bool = False, batch_size=None) -> dict:
+  def step_weights(self, with_input_weights: bool = False, batch_size=None,
+                   recurrent_kernel_mask=None) -> dict:
     """The weights the recurrent step reads, cast once (outside any time loop).
 
     Args:
+      recurrent_kernel_mask: Optional weight-drop mask [out, 4u] (`recurrent_kernel_mask`): the
+        step then reads the masked recurrent kernel.
       with_input_weights: Also return what `project_step` reads (`kernel`, `bias` and the input
         norm's gamma), for projecting the inputs inside the loop.
       batch_size: If given, the per-unit vectors (bias, peepholes, layer norm gamma and beta) are
@@ -234,6 +241,8 @@ class LSTMCell(StatefulCallLayer):
       return v if batch_size is None else tf.broadcast_to(v, tf.stack([batch_size, tf.shape(v)[0]]))
 
     w = {"recurrent_kernel": self._weight(self.recurrent_kernel)}
+    if recurrent_kernel_mask is not None:
+      w["recurrent_kernel"] *= recurrent_kernel_mask
     if with_input_weights:
       w["kernel"] = self._weight(self.kernel)
       bias = self._weight(self.bias)
@@ -316,6 +325,16 @@ class LSTMCell(StatefulCallLayer):
             noise.dropout_mask(self.seed_generator, self.recurrent_dropout, batch_size,
                                self.output_size, self.compute_dtype, training))
 
+  def recurrent_kernel_mask(self, training=False):
+    """One weight-drop mask [out, 4u] scaled by 1/(1-rate) (compute dtype), or None when off.
+
+    The caller draws it once per sequence: every row and step then reads the same dropped R.
+    """
+    if not training or self.weight_drop == 0.0:
+      return None
+    return noise.dropout_mask(self.seed_generator, self.weight_drop, self.output_size,
+                              4 * self.units, self.compute_dtype, training)
+
   def zoneout_keep(self, shape_prefix, training=False):
     """Zoneout keep factors of c and h: shape_prefix + [size] masks in training, rates in inference.
 
@@ -355,7 +374,8 @@ class LSTMCell(StatefulCallLayer):
     x = tf.cast(inputs, self.compute_dtype)
     if input_mask is not None:
       x *= input_mask
-    return self.recurrent_step(self.input_projection(x), state, self.step_weights(), recurrent_mask,
+    weights = self.step_weights(recurrent_kernel_mask=self.recurrent_kernel_mask(training))
+    return self.recurrent_step(self.input_projection(x), state, weights, recurrent_mask,
                                self.zoneout_keep([batch_size], training))
 
   def compute_output_spec(self, inputs, state, training=False, dropout_masks=None):
@@ -373,7 +393,8 @@ class LSTMCell(StatefulCallLayer):
         "proj_clip": self.proj_clip, "cell_clip": self.cell_clip, "layer_norm": self.layer_norm,
         "layer_norm_epsilon": self.layer_norm_epsilon, "unit_forget_bias": self.unit_forget_bias,
         "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
-        "zoneout_cell": self.zoneout_cell, "zoneout_hidden": self.zoneout_hidden,
+        "weight_drop": self.weight_drop, "zoneout_cell": self.zoneout_cell,
+        "zoneout_hidden": self.zoneout_hidden,
         "kernel_initializer": ser(self.kernel_initializer),
         "recurrent_initializer": ser(self.recurrent_initializer),
         "bias_initializer": ser(self.bias_initializer),

@@ -40,3 +40,17 @@ def zoneout_keep(seed_generator, rates, sizes, shape_prefix, dtype, training: bo
     noise = keras.random.uniform(tf.concat([shape_prefix, [size]], 0), seed=seed_generator)
     return tf.cast(noise < rate, dtype)
   return tuple(keep(rate, size) for rate, size in zip(rates, sizes))
+
+
+def sequence_dropout(rate: float, *, locked: bool, time_major: bool = False, seed=None,
+                     name: str | None = None) -> keras.layers.Dropout:
+  """Dropout on a sequence [B, T, F] ([T, B, F] if time_major).
+
+  locked=False draws a fresh mask at every step (Zaremba et al. 2014); locked=True draws one mask
+  per row and applies it at every step ("locked" or variational dropout on the outputs, Gal &
+  Ghahramani 2016; Merity et al. 2017).
+  """
+  noise_shape = None
+  if locked:
+    noise_shape = (1, None, None) if time_major else (None, 1, None)
+  return keras.layers.Dropout(rate, noise_shape=noise_shape, seed=seed, name=name)

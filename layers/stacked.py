@@ -5,7 +5,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from tbptt.layers import dispatch, validation
+from tbptt.layers import dispatch, noise, validation
 from tbptt.layers.base import StatefulCallLayer
 from tbptt.layers.lstm import LSTM
 from tbptt.layers.lstm_cell import CELL_ARGUMENTS
@@ -15,14 +15,17 @@ from tbptt.layers.lstm_cell import CELL_ARGUMENTS
 class StackedLSTM(StatefulCallLayer):
   """N LSTM layers: `outputs, states = stacked(x, initial_state=None, mask=None, training=False)`.
 
-  Layer k reads the full output sequence of layer k-1. Between layers, standard (per step) dropout
-  at rate `dropout_between` is applied in training (Zaremba et al. 2014); with `residual=True` a
-  layer whose input and output sizes match adds its input to its output (Wu et al. 2016).
+  Layer k reads the full output sequence of layer k-1. Between layers, dropout at rate
+  `dropout_between` is applied in training: a fresh mask per step (Zaremba et al. 2014), or one mask
+  per row for the whole sequence with `locked_dropout=True` (Merity et al. 2017). With
+  `residual=True` a layer whose input and output sizes match adds its input to its output (Wu et
+  al. 2016).
 
   Args:
     units: Cell size of every layer (an int) or one per layer (a list of `num_layers` ints).
     num_layers: How many layers.
     dropout_between: Dropout rate on the outputs of every layer but the last, in [0, 1).
+    locked_dropout: `dropout_between` draws one mask per row, shared by every step.
     residual: Add each layer's input to its output where their sizes match.
     time_major: Inputs and outputs are [T, B, ...].
     return_sequences: Return every step's output of the top layer; else only its last [B, out].
@@ -34,7 +37,8 @@ class StackedLSTM(StatefulCallLayer):
   """
 
   def __init__(self, units: int | Sequence[int], num_layers: int = 1, *,
-               dropout_between: float = 0.0, residual: bool = False, time_major: bool = False,
+               dropout_between: float = 0.0, locked_dropout: bool = False,
+               residual: bool = False, time_major: bool = False,
                return_sequences: bool = True, return_state: bool = True,
                implementation: str = "auto", **kwargs):
     cell_kwargs = {k: kwargs.pop(k) for k in CELL_ARGUMENTS if k in kwargs}
@@ -49,6 +53,7 @@ class StackedLSTM(StatefulCallLayer):
     else:
       self.units = [validation.positive_int("units", units)] * self.num_layers
     self.dropout_between = validation.probability("dropout_between", dropout_between)
+    self.locked_dropout = bool(locked_dropout)
     self.residual = bool(residual)
     self.time_major = bool(time_major)
     self.return_sequences = bool(return_sequences)
@@ -59,7 +64,8 @@ class StackedLSTM(StatefulCallLayer):
                          implementation=implementation, dtype=self.dtype_policy, name=f"lstm_{i}",
                          **self._layer_kwargs(i))
                     for i, u in enumerate(self.units)]
-    self.dropouts = [keras.layers.Dropout(self.dropout_between, name=f"dropout_{i}")
+    self.dropouts = [noise.sequence_dropout(self.dropout_between, locked=self.locked_dropout,
+                                            time_major=self.time_major, name=f"dropout_{i}")
                      for i in range(self.num_layers - 1)]
     self.supports_jit = all(layer.supports_jit for layer in self.layers_)
 
@@ -142,7 +148,8 @@ class StackedLSTM(StatefulCallLayer):
     cell_config = self.layers_[0].cell.get_config()
     config.update({k: cell_config[k] for k in CELL_ARGUMENTS})
     config.update({"units": list(self.units), "num_layers": self.num_layers,
-                   "dropout_between": self.dropout_between, "residual": self.residual,
+                   "dropout_between": self.dropout_between,
+                   "locked_dropout": self.locked_dropout, "residual": self.residual,
                    "time_major": self.time_major, "return_sequences": self.return_sequences,
                    "return_state": self.return_state, "implementation": self.implementation})
     return config

@@ -19,7 +19,9 @@ from tbptt.layers import LSTM, LSTMState, kernels
 
 TOLERANCES = {"float32": dict(rtol=1e-5, atol=1e-6), "float64": dict(rtol=1e-10, atol=1e-10)}
 FUSED_VARIANTS = dict(VARIANTS, dropout=dict(dropout=0.3, recurrent_dropout=0.4),
-                      everything_and_dropout=dict(VARIANTS["everything"], recurrent_dropout=0.3))
+                      weight_drop=dict(weight_drop=0.4),
+                      everything_and_dropout=dict(VARIANTS["everything"], recurrent_dropout=0.3,
+                                                  weight_drop=0.3))
 
 # (B, T, F, u): a usual case, one row, one step, and a u that is no multiple of 8 with F > u.
 SHAPES = [(3, 6, 4, 5), (1, 4, 3, 5), (2, 1, 3, 5), (2, 3, 13, 11)]

@@ -355,6 +355,51 @@ def test_dropout_uses_one_mask_for_the_whole_sequence(on):
   np.testing.assert_allclose(inference, reference(np.ones([batch, size])), **TOL)
 
 
+def _seeded_lstm(**kwargs):
+  """A built LSTM with random weights (always the same) and the given noise seed."""
+  lstm = LSTM(U, **kwargs)
+  lstm(tf.zeros([2, 1, F]))
+  randomize_weights(lstm.cell, 0)
+  return lstm
+
+
+def test_weight_drop_uses_one_recurrent_kernel_mask_per_sequence():
+  rate = 0.5
+  # The same noise seed draws the same masks in the same order.
+  lstm, twin = (_seeded_lstm(weight_drop=rate, seed=5) for _ in range(2))
+  x, state = _normal(65, B, T, F), _random_state(lstm, 66)
+  weights = cell_weights(lstm.cell)
+
+  def reference(kernel_mask):
+    masked = dict(weights, recurrent_kernel=weights["recurrent_kernel"] * kernel_mask)
+    return numpy_reference.lstm_sequence(x, masked, state.h.numpy(), state.c.numpy())[0]
+
+  masks = []
+  for _ in range(2):
+    outputs = lstm(x, initial_state=state, training=True)[0]
+    mask = twin.cell.recurrent_kernel_mask(training=True).numpy()
+    assert mask.shape == (U, 4 * U)
+    assert set(np.unique(mask)) == {0.0, 1 / (1 - rate)}, "entries are dropped or scaled"
+    # One [out, 4u] mask for every row and every step of the sequence.
+    np.testing.assert_allclose(outputs, reference(mask), **TOL)
+    masks.append(mask)
+  assert 0.3 < np.mean(masks[0] == 0) < 0.7
+  assert not np.array_equal(masks[0], masks[1]), "each sequence must draw a new mask"
+  np.testing.assert_allclose(lstm(x, initial_state=state)[0], reference(1.0), **TOL,
+                             err_msg="inference reads the whole recurrent kernel")
+
+
+def test_weight_drop_gradient_reaches_only_the_kept_recurrent_weights():
+  lstm, twin = (_seeded_lstm(weight_drop=0.5, seed=6) for _ in range(2))
+  x, state = _normal(67, B, T, F), _random_state(lstm, 68)
+  with tf.GradientTape() as tape:
+    outputs = lstm(x, initial_state=state, training=True)[0]
+    loss = tf.reduce_sum(tf.sin(outputs))
+  grad = tape.gradient(loss, lstm.cell.recurrent_kernel).numpy()
+  mask = twin.cell.recurrent_kernel_mask(training=True).numpy()
+  assert np.all(grad[mask == 0] == 0) and np.all(grad[mask != 0] != 0)
+
+
 def test_zoneout_in_training_draws_a_fresh_mask_per_step():
   lstm = lstm_of(zoneout_hidden=0.5)
   steps = 8

@@ -140,6 +140,19 @@ def test_dropout_between_applies_only_in_training():
   np.testing.assert_allclose(stacked(x, training=True)[1][0].c, reference(x)[1][0].c, **TOL)
 
 
+def test_locked_dropout_between_uses_one_mask_per_row_for_every_step():
+  size, steps = 4, 6
+  stacked = _stacked(size, 2, dropout_between=0.5, locked_dropout=True, seed=1)
+  x = tf.constant(np.random.default_rng(3).normal(size=(3, steps, F)), tf.float32)
+  dropout = stacked.dropouts[0]
+  dropped = dropout(tf.ones([3, steps, size]), training=True).numpy()
+  assert np.all(dropped == dropped[:, :1]), "the same mask at every step"
+  assert 0 < np.count_nonzero(dropped) < dropped.size
+  assert not np.all(dropped == dropped[:1]), "rows draw their own masks"
+  outputs, _ = stacked(x, training=True)
+  assert outputs.shape == (3, steps, size)
+
+
 def test_config_round_trip():
   stacked = _stacked([4, 3], 2, dropout_between=0.25, residual=True, time_major=True,
                      return_sequences=False, layer_norm=True, cell_clip=2.0, seed=3)
