@@ -9,6 +9,7 @@ import tensorflow as tf
 from tbptt.experiments import initializers, sampling
 from tbptt.experiments.data.corpus import TextCorpus
 from tbptt.layers import StackedLSTM
+from tbptt.layers.noise import sequence_dropout
 from tbptt.trainer.task import Task
 
 
@@ -27,7 +28,15 @@ class LanguageModel(keras.Model):
 
   state is a tuple of `LSTMState(h, c)`, one per layer (None: zeros). Dropout follows Zaremba et al.
   (2014): applied to the non-recurrent connections only (embeddings, between layers, before the
-  softmax); `recurrent_dropout` and zoneout act on the recurrent connections inside the cells.
+  softmax); `recurrent_dropout`, `weight_drop` and zoneout act on the recurrent connections inside
+  the cells. The AWD-LSTM regularisers (Merity et al. 2017) are options: embedding dropout, locked
+  dropout, weight drop, and activation regularisation (AR, TAR).
+
+  With AR or TAR on, a training call returns a dict instead of the logits:
+    {"logits": [B, T, V], "ar": [B, T], "tar": [B, T]}
+  where, per position, ar = alpha * mean_f(y(t)^2) of the dropped top-layer output y and tar =
+  beta * mean_f((h(t) - h(t-1))^2) of the undropped one (h(-1): the carried state, so the penalty
+  runs across chunk boundaries). The task adds both to the loss, weighted like it, and logs them.
 
   Args:
     vocab_size: V, set by the task from its vocabulary.
@@ -35,6 +44,17 @@ class LanguageModel(keras.Model):
     num_layers: Stacked LSTM layers.
     embedding_dim: Embedding size; defaults to the top layer's output size (num_proj or units).
     dropout: Rate on the non-recurrent connections, in [0, 1).
+    dropout_input, dropout_between, dropout_output: Rates on the embedded inputs, between layers
+      and before the softmax (AWD-LSTM's dropouti, dropouth, dropout); None: `dropout`.
+    locked_dropout: Those three draw one mask per row for the whole chunk instead of one per step
+      (Gal & Ghahramani 2016; Merity et al. 2017 §4.2).
+    embedding_dropout: Rate at which whole rows of the embedding matrix (whole words) are dropped,
+      one mask per call (Gal & Ghahramani 2016; Merity et al. 2017 §4.3); kept rows are scaled by
+      1 / (1 - rate). With tied weights the softmax still reads every row.
+    weight_drop: DropConnect rate on every layer's recurrent kernel, one mask per chunk (Merity et
+      al. 2017 §2; see `layers.LSTMCell`).
+    activation_regularization: alpha of AR (Merity et al. 2017 §4.6); 0: off.
+    temporal_activation_regularization: beta of TAR; 0: off.
     tie_weights: Share the embedding matrix with the softmax (Press & Wolf 2017; Inan et al. 2017);
       needs embedding_dim equal to the top layer's output size.
     embedding_initializer, kernel_initializer, recurrent_initializer, bias_initializer,
@@ -57,7 +77,12 @@ class LanguageModel(keras.Model):
   """
 
   def __init__(self, vocab_size: int, *, units: int = 256, num_layers: int = 2,
-               embedding_dim: int | None = None, dropout: float = 0.0, tie_weights: bool = False,
+               embedding_dim: int | None = None, dropout: float = 0.0,
+               dropout_input: float | None = None, dropout_between: float | None = None,
+               dropout_output: float | None = None, locked_dropout: bool = False,
+               embedding_dropout: float = 0.0, weight_drop: float = 0.0,
+               activation_regularization: float = 0.0,
+               temporal_activation_regularization: float = 0.0, tie_weights: bool = False,
                embedding_initializer="unit_normal", kernel_initializer="glorot_uniform",
                recurrent_initializer="orthogonal", bias_initializer="zeros",
                softmax_initializer="glorot_uniform",
@@ -75,6 +100,22 @@ class LanguageModel(keras.Model):
     self.vocab_size = vocab_size
     self.embedding_dim = embedding_dim or output_size
     self.tie_weights = bool(tie_weights)
+    rates = {name: dropout if value is None else value for name, value in (
+        ("dropout_input", dropout_input), ("dropout_between", dropout_between),
+        ("dropout_output", dropout_output))}
+    for name, value in dict(rates, dropout=dropout, embedding_dropout=embedding_dropout).items():
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"LanguageModel.{name} must be a rate in [0, 1), got {value!r}")
+    for name, value in (("activation_regularization", activation_regularization),
+                        ("temporal_activation_regularization", temporal_activation_regularization)):
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"LanguageModel.{name} must be a number >= 0, got {value!r}")
+    self.embedding_dropout = float(embedding_dropout)
+    self.activation_regularization = float(activation_regularization)
+    self.temporal_activation_regularization = float(temporal_activation_regularization)
+    self.locked_dropout = bool(locked_dropout)
+    # Its own seed stream: the embedding-dropout mask is checkpointed with the model.
+    self.noise_seed = keras.random.SeedGenerator(None if seed is None else seed + 2)
     if self.tie_weights and self.embedding_dim != output_size:
       raise ValueError(f"tie_weights needs embedding_dim == the top layer's output size "
                        f"(num_proj or units = {output_size}), got embedding_dim={embedding_dim}")
@@ -82,7 +123,9 @@ class LanguageModel(keras.Model):
         vocab_size, self.embedding_dim, name="embedding",
         embeddings_initializer=_uniform(init_scale) or initializers.resolve(embedding_initializer))
     self.rnn = StackedLSTM(
-        units, num_layers, dropout_between=dropout, residual=residual, name="stacked_lstm",
+        units, num_layers, dropout_between=rates["dropout_between"],
+        locked_dropout=self.locked_dropout, weight_drop=weight_drop, residual=residual,
+        name="stacked_lstm",
         use_peepholes=use_peepholes, num_proj=num_proj, proj_clip=proj_clip, cell_clip=cell_clip,
         layer_norm=layer_norm, unit_forget_bias=unit_forget_bias,
         recurrent_dropout=recurrent_dropout, zoneout_cell=zoneout_cell,
@@ -93,9 +136,11 @@ class LanguageModel(keras.Model):
            if init_scale is not None else
            {"kernel_initializer": initializers.resolve(kernel_initializer),
             "recurrent_initializer": initializers.resolve(recurrent_initializer)}))
-    self.input_dropout = keras.layers.Dropout(dropout, seed=seed, name="input_dropout")
-    self.output_dropout = keras.layers.Dropout(
-        dropout, seed=None if seed is None else seed + 1, name="output_dropout")
+    self.input_dropout = sequence_dropout(rates["dropout_input"], locked=self.locked_dropout,
+                                          seed=seed, name="input_dropout")
+    self.output_dropout = sequence_dropout(
+        rates["dropout_output"], locked=self.locked_dropout,
+        seed=None if seed is None else seed + 1, name="output_dropout")
     if not self.tie_weights:
       self.softmax = keras.layers.Dense(
           vocab_size, name="softmax",
@@ -116,28 +161,51 @@ class LanguageModel(keras.Model):
     """Zero state: a tuple of LSTMState, one per layer, float32."""
     return self.rnn.get_initial_state(batch_size)
 
-  def call(self, inputs, state=None, training=False):
+  @property
+  def regularizes_activations(self) -> bool:
+    """A training call returns the dict with AR and TAR (see the class docstring)."""
+    return self.activation_regularization > 0 or self.temporal_activation_regularization > 0
+
+  def call(self, inputs, state=None, training=False, mask=None):
     """Next-token logits.
 
     Args:
       inputs: [B, T] int token ids.
       state: Tuple of LSTMState per layer, or None for zeros.
       training: Apply dropout.
+      mask: Optional [B, T] bool: a False step carries every layer's state unchanged (padding).
 
     Returns:
-      (logits [B, T, V] float32, new state).
+      (logits [B, T, V] float32, new state); in training with AR or TAR on, the dict of the class
+      docstring instead of the logits.
     """
     if state is None:
       state = self.initial_state(tf.shape(inputs)[0])
-    x = self.input_dropout(self.embedding(inputs), training=training)
-    x, state = self.rnn(x, initial_state=tuple(state), training=training)
+    state = tuple(state)
+    x = self.embedding(inputs)
+    if training and self.embedding_dropout > 0:
+      # One keep or drop per vocabulary row: every occurrence of a word in the batch shares it.
+      rate = self.embedding_dropout
+      keep = keras.random.uniform((self.vocab_size, 1), seed=self.noise_seed) >= rate
+      x *= tf.gather(tf.cast(keep, x.dtype) / (1.0 - rate), inputs)
+    x = self.input_dropout(x, training=training)
+    x, new_state = self.rnn(x, initial_state=state, mask=mask, training=training)
+    top = x
     x = self.output_dropout(x, training=training)
     if self.tie_weights:
       embeddings = tf.cast(self.embedding.embeddings, x.dtype)
       logits = tf.einsum("btd,vd->btv", x, embeddings) + tf.cast(self.softmax_bias, x.dtype)
     else:
       logits = self.softmax(x)
-    return tf.cast(logits, tf.float32), state
+    logits = tf.cast(logits, tf.float32)
+    if not (training and self.regularizes_activations):
+      return logits, new_state
+    top = tf.cast(top, tf.float32)
+    previous = tf.concat([tf.cast(state[-1].h, tf.float32)[:, None], top[:, :-1]], axis=1)
+    ar = tf.reduce_mean(tf.square(tf.cast(x, tf.float32)), axis=-1)
+    tar = tf.reduce_mean(tf.square(top - previous), axis=-1)
+    return {"logits": logits, "ar": self.activation_regularization * ar,
+            "tar": self.temporal_activation_regularization * tar}, new_state
 
 
 @gin.configurable
@@ -181,21 +249,42 @@ class LanguageModelTask(Task):
 
   @property
   def steps_per_epoch(self) -> int:
-    return self.corpus.train.num_chunks
+    return self.corpus.train_chunks.num_chunks
 
   @property
-  def tokens_per_step(self) -> int:
+  def tokens_per_step(self) -> int | None:
+    if self.corpus.train_chunks is not self.corpus.train:
+      return None  # Lengths vary (or burn-in adds context): count the weighted targets.
     return self.corpus.batch_size * self.corpus.seq_len
 
   def initial_state(self, batch_size):
     return self._model.initial_state(batch_size)
 
   def train_batch(self, step, row_start, num_rows):
-    return self.corpus.train.chunk_for_step(step, row_start, num_rows)
+    return self.corpus.train_chunks.chunk_for_step(step, row_start, num_rows)
+
+  def learning_rate_scale(self, step):
+    scale = getattr(self.corpus.train_chunks, "learning_rate_scale", None)
+    return None if scale is None else scale(step)
 
   def loss(self, batch, predictions):
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"],
-                                                          logits=predictions)
+    """Cross-entropy per position (nats), plus AR and TAR when the model returns them."""
+    logits = predictions["logits"] if isinstance(predictions, dict) else predictions
+    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=batch["targets"], logits=logits)
+    if isinstance(predictions, dict):
+      loss += predictions["ar"] + predictions["tar"]
+    return loss
+
+  @property
+  def train_metric_names(self):
+    return ("ar", "tar") if self._model.regularizes_activations else ()
+
+  def train_metrics(self, batch, predictions):
+    """AR and TAR per position (logged as `train/ar`, `train/tar`), when the model returns them."""
+    del batch
+    if not isinstance(predictions, dict):
+      return {}
+    return {"ar": predictions["ar"], "tar": predictions["tar"]}
 
   def num_eval_batches(self, split: str) -> int:
     layout = self.corpus.evals.get(split)

@@ -159,7 +159,8 @@ class Controller:
     def metrics(i):
       return {"loss": float(outputs.loss[i]), "grad_norm": float(outputs.grad_norm[i]),
               "learning_rate": float(outputs.learning_rate[i]),
-              "nonfinite_steps": int(outputs.nonfinite_steps[i]), **speed}
+              "nonfinite_steps": int(outputs.nonfinite_steps[i]),
+              **{k: float(v[i]) for k, v in (outputs.task or {}).items()}, **speed}
 
     # Each step's own values at its own step (not loop averages), so a resumed run repeats them
     # exactly.

@@ -11,7 +11,10 @@ Batches are dicts with at least:
   targets: [b, T, ...]  what the model should predict.
   weights: [b, T] float32, 0 where a position is padding.
   reset:   [b] bool, True where the row starts a new sequence (its carried state is zeroed first).
-Row i of chunk k+1 continues row i of chunk k.
+Row i of chunk k+1 continues row i of chunk k. Optional keys (see `chunk_model`):
+  mask:        [b, T] bool, False at padding steps (the model carries its state through them).
+  carry_steps: int32 scalar l; with burn_in (a Python int k > 0) the state after step l is carried
+               into the next chunk, whose first k steps repeat steps [l, l + k) as context.
 """
 
 import abc
@@ -50,6 +53,15 @@ class InputSource(abc.ABC):
   @abc.abstractmethod
   def eval_batch(self, split: str, index: tf.Tensor, row_start, num_rows) -> Batch:
     """Eval chunk `index` of `split`: rows [row_start, row_start + num_rows); state carries over."""
+
+  def learning_rate_scale(self, step: tf.Tensor) -> tf.Tensor | None:
+    """A factor on the learning rate of global step `step` (float32 scalar), or None (1).
+
+    For chunks of varying length: a step over a shorter chunk takes a proportionally smaller
+    step (Merity et al. 2017 §4.1). A pure function of the step, like the chunk.
+    """
+    del step
+    return None
 
   @property
   def eval_batch_size(self) -> int:

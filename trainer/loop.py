@@ -29,6 +29,7 @@ class TrainOutputs(NamedTuple):
   consecutive_nonfinite: int  # skipped steps in a row at the end of the loop
   state_rms: dict[str, float]  # RMS of each carried state tensor after the last step
   stopped: bool = False        # the loop ended early because some process asked to stop
+  task: dict | None = None     # {name: [steps]} the task's `train_metrics`, global means
 
 
 def state_paths(structure) -> list[str]:
@@ -64,12 +65,15 @@ class TrainLoop:
     stop_request: Optional float32 scalar variable, set > 0 (from any thread) to ask for a stop:
       read in every step after the backward pass and all-reduced with the gradients, so every
       replica of every worker ends the loop after the same step.
+    learning_rate_scale: Optional float32 scalar variable the optimizer's rate is multiplied by;
+      set before every step to the input source's `learning_rate_scale(step)` when it has one.
   """
 
   def __init__(self, strategy, task, optimizer, *, global_step: tf.Variable,
                counters: NonFiniteCounters, rows: int, clip_norm: float | None,
                max_nonfinite_steps: int, jit_compile: bool = False,
-               stop_request: tf.Variable | None = None):
+               stop_request: tf.Variable | None = None,
+               learning_rate_scale: tf.Variable | None = None):
     self._strategy = strategy
     self._task = task
     self._optimizer = optimizer
@@ -79,6 +83,7 @@ class TrainLoop:
     self._clip_norm = clip_norm
     self._max_nonfinite = max_nonfinite_steps
     self._stop_request = stop_request
+    self._learning_rate_scale = learning_rate_scale
     self._forward_backward = (tf.function(forward_backward, jit_compile=True) if jit_compile
                               else forward_backward)
     self._paths = None
@@ -97,14 +102,24 @@ class TrainLoop:
     arrays = {k: tf.TensorArray(dtype, size=num_steps, element_shape=[]) for k, dtype in (
         ("loss", tf.float32), ("grad_norm", tf.float32), ("learning_rate", tf.float32),
         ("weight", tf.float32), ("nonfinite_steps", tf.int64))}
+    names = tuple(self._task.train_metric_names)
+    task_arrays = {k: tf.TensorArray(tf.float32, size=num_steps, element_shape=[]) for k in names}
     taken = tf.constant(0)
     stopped = tf.constant(False)
     state = distribute.local_values(strategy, state)
     for i in tf.range(num_steps):
-      learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
       step = self._global_step.read_value()
+      scale = self._task.inputs.learning_rate_scale(step)
+      if scale is not None and self._learning_rate_scale is not None:
+        self._learning_rate_scale.assign(tf.cast(scale, tf.float32))
+      learning_rate = tf.cast(self._optimizer.learning_rate, tf.float32)
       state, metrics = strategy.run(self._replica_step, args=(step, state))
       metrics = distribute.first_replica(strategy, metrics)
+      if set(metrics["task"]) != set(names):
+        raise ValueError(f"Task.train_metrics returned {sorted(metrics['task'])}, but "
+                         f"Task.train_metric_names is {list(names)}")
+      for k in names:
+        task_arrays[k] = task_arrays[k].write(i, metrics["task"][k])
       self._global_step.assign_add(1)
       arrays["loss"] = arrays["loss"].write(i, metrics["loss"])
       arrays["grad_norm"] = arrays["grad_norm"].write(i, metrics["grad_norm"])
@@ -118,6 +133,7 @@ class TrainLoop:
       if self._counters.consecutive >= self._max_nonfinite or stopped:
         break
     outputs = {k: a.gather(tf.range(taken)) for k, a in arrays.items()}
+    outputs["task"] = {k: a.gather(tf.range(taken)) for k, a in task_arrays.items()}
     outputs["consecutive_nonfinite"] = self._counters.consecutive.read_value()
     outputs["stopped"] = stopped
     return state, outputs, self._state_sums(state)
@@ -134,7 +150,9 @@ class TrainLoop:
     if self._paths is None:
       self._paths = state_paths(distribute.first_replica(self._strategy, state))
     state, outputs, sums = self._loop(tf.constant(num_steps, tf.int32), state)
+    task_metrics = {k: v.numpy() for k, v in outputs.pop("task").items()}
     outputs = {k: v.numpy() for k, v in outputs.items()}
+    outputs["task"] = task_metrics
     outputs["consecutive_nonfinite"] = int(outputs["consecutive_nonfinite"])
     outputs["stopped"] = bool(outputs["stopped"])
     sums = [x.numpy() for x in sums]
@@ -228,7 +246,7 @@ class GradientPass:
       ctx = tf.distribute.get_replica_context()
       batch = task.inputs.train_batch(step, ctx.replica_id_in_sync_group * rows, rows)
       weight = ctx.all_reduce(SUM, tf.reduce_sum(tf.cast(batch["weights"], tf.float32)))
-      _, _, grads = forward_backward(task, batch, reset_rows(state, batch["reset"]), weight)
+      grads = forward_backward(task, batch, reset_rows(state, batch["reset"]), weight)[2]
       return ctx.all_reduce(SUM, [tf.convert_to_tensor(g) for g in grads])
     return distribute.first_replica(self._strategy,
                                     self._strategy.run(replica, args=(step, state)))

@@ -152,18 +152,24 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
 
 
 class Scaled(keras.optimizers.schedules.LearningRateSchedule):
-  """lr(step) = schedule(step) * factor; `factor` is a variable (the Trainer's rollbacks lower it).
+  """lr(step) = schedule(step) * factor [* step_factor]; both factors are variables.
 
-  Not serialisable on its own: the factor lives in the Trainer's checkpoint.
+  `factor` is the Trainer's (its rollbacks lower it; checkpointed); `step_factor` is set before
+  every step from the input source's `learning_rate_scale` (chunks of varying length). Not
+  serialisable on its own.
   """
 
-  def __init__(self, schedule, factor: tf.Variable):
+  def __init__(self, schedule, factor: tf.Variable, step_factor: tf.Variable | None = None):
     self.schedule = schedule
     self.factor = factor
+    self.step_factor = step_factor
 
   def __call__(self, step):
     rate = self.schedule(step) if callable(self.schedule) else self.schedule
-    return tf.cast(rate, tf.float32) * tf.cast(self.factor, tf.float32)
+    rate = tf.cast(rate, tf.float32) * tf.cast(self.factor, tf.float32)
+    if self.step_factor is not None:
+      rate *= tf.cast(self.step_factor, tf.float32)
+    return rate
 
   def get_config(self):
     raise NotImplementedError("Scaled holds a variable; rebuild it with build_optimizer")
@@ -178,7 +184,8 @@ def _positive(value, parameter):
 
 def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_per_epoch=None,
                     total_steps=None, loss_scaling: bool = False,
-                    factor: tf.Variable | None = None) -> keras.optimizers.Optimizer:
+                    factor: tf.Variable | None = None,
+                    step_factor: tf.Variable | None = None) -> keras.optimizers.Optimizer:
   """Builds the optimizer the Trainer applies its clipped global gradient with.
 
   Args:
@@ -189,6 +196,7 @@ def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_pe
     total_steps: Passed to the schedule factory.
     loss_scaling: Wrap in `keras.optimizers.LossScaleOptimizer` (float16 compute).
     factor: Optional float32 scalar variable the rate (or schedule) is multiplied by (`Scaled`).
+    step_factor: Optional second such variable (set per step; needs `factor`).
 
   Returns:
     The (unbuilt) optimizer.
@@ -206,7 +214,7 @@ def build_optimizer(factory, learning_rate: float, lr_schedule=None, *, steps_pe
     if not isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
       raise invalid("Trainer.lr_schedule", "a factory of a keras LearningRateSchedule", rate)
   if factor is not None:
-    rate = Scaled(rate, factor)
+    rate = Scaled(rate, factor, step_factor)
   if not callable(factory):
     raise invalid("Trainer.optimizer", "an optimizer factory such as @optimizers.Adam", factory)
   optimizer = factory(learning_rate=rate)

@@ -49,10 +49,13 @@ class Runner:
       self._build_model()
       loss_scaling = self._check_precision(config.mixed_precision)
       self.learning_rate_factor = variable(1.0, tf.float32, "learning_rate_factor")
+      # Set before every step from the step alone (chunks of varying length): not checkpointed.
+      self.learning_rate_scale = variable(1.0, tf.float32, "learning_rate_scale")
       self.optimizer = optimizers.build_optimizer(
           config.optimizer, config.learning_rate, config.lr_schedule,
           steps_per_epoch=task.steps_per_epoch, total_steps=config.train_steps,
-          loss_scaling=loss_scaling, factor=self.learning_rate_factor)
+          loss_scaling=loss_scaling, factor=self.learning_rate_factor,
+          step_factor=self.learning_rate_scale)
       self.optimizer.build(task.model.trainable_variables)
       self.global_step = variable(0, tf.int64, "global_step")
       self.counters = NonFiniteCounters(total=variable(0, tf.int64, "nonfinite_steps"),
@@ -67,7 +70,7 @@ class Runner:
         strategy, task, self.optimizer, global_step=self.global_step, counters=self.counters,
         rows=self._rows, clip_norm=None if config.clip_norm is None else float(config.clip_norm),
         max_nonfinite_steps=config.max_nonfinite_steps, jit_compile=config.jit_compile,
-        stop_request=self._stop_request)
+        stop_request=self._stop_request, learning_rate_scale=self.learning_rate_scale)
     self._eval_loop = EvalLoop(strategy, task, rows=eval_rows, max_batches=config.eval_steps)
     # Compiled once: an eager strategy.gather would retrace on every checkpoint.
     self._gather = tf.function(lambda state: distribute.gather_rows(strategy, state))

@@ -50,6 +50,20 @@ class Task(InputSource, abc.ABC):
     """Target positions in one global training batch (for tokens/s); None to count weights."""
     return None
 
+  @property
+  def train_metric_names(self) -> tuple[str, ...]:
+    """The keys `train_metrics` returns (the compiled loop sets up one record per key)."""
+    return ()
+
+  def train_metrics(self, batch: Batch, predictions) -> dict[str, tf.Tensor]:
+    """Extra training scalars, per position [b, T] float32 (e.g. regulariser terms).
+
+    The trainer averages each over the global batch with the loss's weights and logs it as
+    `train/<name>` next to the loss. The keys must be `train_metric_names`.
+    """
+    del batch, predictions
+    return {}
+
   def eval_sums(self, batch: Batch, predictions) -> dict[str, tf.Tensor]:
     """Extra per-chunk sums for metrics (scalars, summed over this replica's rows).
 

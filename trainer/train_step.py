@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from tbptt.layers.state import reset_rows
+from tbptt.trainer.chunk_model import run_model
 
 SUM = tf.distribute.ReduceOp.SUM
 
@@ -71,12 +72,13 @@ def forward_backward(task, batch, state, global_weight, loss_scale=None):
     loss_scale: Optional float32 scalar: differentiate loss * loss_scale (float16 loss scaling).
 
   Returns:
-    (local_loss scalar float32, new_state, gradients list aligned with model.trainable_variables;
-    the gradients are of the scaled loss when loss_scale is given).
+    (local_loss scalar float32, new_state, gradients list aligned with model.trainable_variables
+    (of the scaled loss when loss_scale is given), local_metrics: the task's `train_metrics`, each
+    this replica's share of its global weighted mean, as the loss).
   """
   model = task.model
   with tf.GradientTape() as tape:
-    predictions, new_state = model(batch["inputs"], state, training=True)
+    predictions, new_state = run_model(model, batch, state, training=True)
     loss_sum = weighted_loss_sum(task.loss(batch, predictions), batch["weights"])
     local_loss = tf.math.divide_no_nan(loss_sum, global_weight)
     scaled = local_loss * loss_scale if loss_scale is not None else local_loss
@@ -84,7 +86,10 @@ def forward_backward(task, batch, state, global_weight, loss_scale=None):
   grads = tape.gradient(scaled, variables)
   # A variable the loss does not reach gets a zero gradient, so every replica reduces the same list.
   grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
-  return local_loss, new_state, grads
+  local_metrics = {
+      name: tf.math.divide_no_nan(weighted_loss_sum(value, batch["weights"]), global_weight)
+      for name, value in sorted(task.train_metrics(batch, predictions).items())}
+  return local_loss, new_state, grads, local_metrics
 
 
 def _is_finite(tensor):
@@ -122,7 +127,7 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
     rows zeroed, if the step was skipped); metrics are scalars identical on every replica: `loss`
     (global-batch mean), `grad_norm` (global norm before clipping), `finite` (bool: the update was
     applied), `weight` (global weight sum), and with `stop_request`, `stop` (bool: some replica
-    asked to stop).
+    asked to stop), `task` (the task's `train_metrics`, global weighted means).
   """
   ctx = tf.distribute.get_replica_context()
   replicas = ctx.num_replicas_in_sync
@@ -131,7 +136,8 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
   lso = _loss_scale_optimizer(optimizer)
   loss_scale = tf.identity(lso.dynamic_scale) if lso is not None else None
 
-  local_loss, new_state, grads = forward_backward_fn(task, batch, state, global_weight, loss_scale)
+  local_loss, new_state, grads, local_metrics = forward_backward_fn(task, batch, state,
+                                                                    global_weight, loss_scale)
   if replicas > 1:
     # Sparse (embedding) gradients are reduced as dense tensors: tf.distribute all-gathers
     # IndexedSlices with collectives inside a cond whose lengths vary per step, and inside the step
@@ -144,8 +150,12 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
     with tf.control_dependencies([local_loss]):
       value = stop_request.read_value() if hasattr(stop_request, "read_value") else stop_request
       extra = [tf.identity(tf.cast(value, tf.float32))]
-  reduced = ctx.all_reduce(SUM, [local_loss] + extra + list(grads))
-  loss, grads = reduced[0], [merge_duplicate_rows(g) for g in reduced[1 + len(extra):]]
+  names = list(local_metrics)
+  reduced = ctx.all_reduce(SUM, [local_loss] + extra + [local_metrics[k] for k in names]
+                           + list(grads))
+  head = 1 + len(extra) + len(names)
+  loss, grads = reduced[0], [merge_duplicate_rows(g) for g in reduced[head:]]
+  task_metrics = dict(zip(names, reduced[1 + len(extra):head]))
   if loss_scale is not None:
     grads = [scale_gradient(g, 1.0 / loss_scale) for g in grads]
   grad_norm = tf.linalg.global_norm(grads)
@@ -157,7 +167,8 @@ def train_step(task, optimizer, batch, state, *, counters: NonFiniteCounters,
 
   ctx.merge_call(_apply_if_finite, args=(task, optimizer, grads, finite, counters))
   new_state = tf.nest.map_structure(lambda new, old: tf.where(finite, new, old), new_state, state)
-  metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "weight": global_weight}
+  metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "weight": global_weight,
+             "task": task_metrics}
   if stop_request is not None:
     metrics["stop"] = reduced[1] > 0
   return tf.nest.map_structure(tf.stop_gradient, new_state), metrics
@@ -208,7 +219,7 @@ def eval_step(task, batch, state):
     loss), `weight` (sum of weights) and whatever `task.eval_sums` adds.
   """
   state = reset_rows(state, batch["reset"])
-  predictions, new_state = task.model(batch["inputs"], state, training=False)
+  predictions, new_state = run_model(task.model, batch, state, training=False)
   sums = {"loss": weighted_loss_sum(task.loss(batch, predictions), batch["weights"]),
           "weight": tf.reduce_sum(tf.cast(batch["weights"], tf.float32))}
   extra = dict(task.eval_sums(batch, predictions))

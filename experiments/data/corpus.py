@@ -20,7 +20,9 @@ import numpy as np
 
 from tbptt.experiments.data import token_cache, token_ids
 from tbptt.experiments.data import vocab as vocab_lib
+from tbptt.experiments.data.chunk_schedule import ChunkSchedule
 from tbptt.experiments.data.eval_layout import EvalLayout
+from tbptt.experiments.data.scheduled_chunks import ScheduledChunks, fixed_schedule
 from tbptt.experiments.data.tbptt import StreamLayout
 from tbptt.experiments.data.text_source import TextSource
 from tbptt.trainer.errors import ConfigError
@@ -98,6 +100,14 @@ class TextCorpus:
       state, so more rows evaluate faster but see less context at each row's start. Every token
       of a split but the first is counted whatever the rows (see `EvalLayout`).
     stdlib_bytes: Size of the embedded corpus (bytes of source read, before the split).
+    variable_seq_len: Training chunks of varying length (Merity et al. 2017 §4.1): each step's
+      length is drawn from N(seq_len, seq_len_std) with probability full_seq_len_probability,
+      else from N(seq_len / 2, seq_len_std), rounded and clipped to [min_seq_len, max_seq_len];
+      the step's learning rate is scaled by length / seq_len. Chunks are padded to max_seq_len
+      (default seq_len + 3 seq_len_std) and the padding is masked. See `chunk_schedule`.
+    seq_len_std, full_seq_len_probability, min_seq_len, max_seq_len, seq_len_seed: Its settings.
+    burn_in: Tokens of context in front of every training chunk, back-propagated through but
+      carrying no loss (TBPTT(k1, k2)); 0: none. See `scheduled_chunks`.
 
   Raises:
     ConfigError: a path is unset, missing or empty; a split is shorter than one batch; the saved
@@ -107,11 +117,16 @@ class TextCorpus:
   def __init__(self, model_dir: str | None = None, *, train_path: str | None = None,
                valid_path: str | None = None, test_path: str | None = None, level: str = "char",
                batch_size: int = 32, seq_len: int = 100, eval_batch_size: int = 1,
-               stdlib_bytes: int = 2_000_000):
+               stdlib_bytes: int = 2_000_000, variable_seq_len: bool = False,
+               seq_len_std: float = 5.0, full_seq_len_probability: float = 0.95,
+               min_seq_len: int = 5, max_seq_len: int | None = None, seq_len_seed: int = 0,
+               burn_in: int = 0):
     for name, value in (("batch_size", batch_size), ("seq_len", seq_len),
                         ("eval_batch_size", eval_batch_size), ("stdlib_bytes", stdlib_bytes)):
       if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"TextCorpus.{name} must be a positive integer, got {value!r}")
+    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
+      raise ConfigError(f"TextCorpus.burn_in must be an integer >= 0, got {burn_in!r}")
     if level not in vocab_lib.LEVELS:
       raise ConfigError(f"TextCorpus.level must be one of {vocab_lib.LEVELS}, got {level!r}")
     for split, path in (("train", train_path), ("valid", valid_path)):
@@ -146,6 +161,18 @@ class TextCorpus:
                           self.eval_batch_size, seq_len,
                           f"the {split} text (TextCorpus.{split}_path={self.paths[split]!r})")
         for split in ("valid", "test") if self.paths[split] is not None}
+    # What training reads: the fixed chunks of `train`, or a schedule over the same streams.
+    self.train_chunks = self.train
+    self.variable_seq_len = bool(variable_seq_len)
+    if self.variable_seq_len or burn_in:
+      rows = self.train.streams.shape[1]
+      schedule = (ChunkSchedule(rows, seq_len, std=seq_len_std,
+                                full_probability=full_seq_len_probability,
+                                min_length=min_seq_len, max_length=max_seq_len,
+                                seed=seq_len_seed)
+                  if self.variable_seq_len else fixed_schedule(self.train))
+      self.train_chunks = ScheduledChunks(self.train, schedule, burn_in=burn_in,
+                                          scale_learning_rate=self.variable_seq_len)
 
   def save_vocab(self) -> None:
     """Writes the vocabulary to model_dir (once; an existing file is never rewritten)."""

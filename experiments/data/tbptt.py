@@ -89,6 +89,35 @@ class StreamLayout:
     rows = self.streams[int(row_start):int(row_start) + int(num_rows)]
     return np.asarray(rows[:, begin:begin + self.seq_len + 1], np.int32)
 
+  def window(self, begin, width: int, row_start, num_rows: int) -> tf.Tensor:
+    """int32 [num_rows, width]: streams[row_start : row_start + num_rows, begin : begin + width].
+
+    Args:
+      begin: First column (scalar int tensor); may be negative: columns before 0 read as 0.
+      width: Columns (Python int); begin + width must not exceed the row length L.
+      row_start: First row (int or scalar int tensor).
+      num_rows: Rows (Python int).
+    """
+    begin = tf.cast(begin, tf.int32)
+    row_start = tf.cast(row_start, tf.int32)
+    lead = tf.maximum(0, -begin)  # Columns before the stream's start.
+    start = begin + lead
+    if self.memory_mapped:
+      window = tf.numpy_function(self._read_columns, [row_start, tf.constant(num_rows), start,
+                                                      width - lead], tf.int32,
+                                 name="read_token_columns")
+    else:
+      window = tf.slice(self._streams, tf.stack([row_start, start]),
+                        tf.stack([num_rows, width - lead]))
+    window = tf.pad(window, tf.stack([[0, 0], [lead, 0]]))
+    window.set_shape([num_rows, width])
+    return window
+
+  def _read_columns(self, row_start, num_rows, begin, width) -> np.ndarray:
+    """int32 [num_rows, width] copied out of the memory map."""
+    rows = self.streams[int(row_start):int(row_start) + int(num_rows)]
+    return np.asarray(rows[:, int(begin):int(begin) + int(width)], np.int32)
+
   def chunk_for_step(self, step, row_start=0, num_rows: int | None = None) -> dict[str, tf.Tensor]:
     """The training chunk of a global step: chunk `step mod num_chunks` (passes repeat forever)."""
     index = tf.math.floormod(tf.cast(step, tf.int64), self.num_chunks)

@@ -39,7 +39,7 @@ def values(variables):
 
 def reference_gradients(task, batch, state):
   weight = tf.reduce_sum(batch["weights"])
-  loss, _, grads = forward_backward(task, batch, state, weight)
+  loss, _, grads, _ = forward_backward(task, batch, state, weight)
   return loss, [tf.convert_to_tensor(g) for g in grads]
 
 
