@@ -40,7 +40,8 @@ class LanguageModel(keras.Model):
 
   Args:
     vocab_size: V, set by the task from its vocabulary.
-    units: Cell size of every layer.
+    units: Cell size of every layer (an int), or one per layer (a list of num_layers ints; e.g.
+      AWD-LSTM's [1150, 1150, 400], whose top layer matches the tied embedding).
     num_layers: Stacked LSTM layers.
     embedding_dim: Embedding size; defaults to the top layer's output size (num_proj or units).
     dropout: Rate on the non-recurrent connections, in [0, 1).
@@ -76,7 +77,7 @@ class LanguageModel(keras.Model):
       `implementations` lists what each layer ran in its last call.
   """
 
-  def __init__(self, vocab_size: int, *, units: int = 256, num_layers: int = 2,
+  def __init__(self, vocab_size: int, *, units: int | list[int] = 256, num_layers: int = 2,
                embedding_dim: int | None = None, dropout: float = 0.0,
                dropout_input: float | None = None, dropout_between: float | None = None,
                dropout_output: float | None = None, locked_dropout: bool = False,
@@ -95,8 +96,10 @@ class LanguageModel(keras.Model):
     super().__init__(name=name)
     # The state keeps float32 under mixed precision: Keras must not cast call arguments.
     self._convert_input_args = False
+    self.supports_masking = True  # `mask` marks padding steps; the logits carry no mask on.
     self._allow_non_tensor_positional_args = True
-    output_size = num_proj or units
+    units = list(units) if isinstance(units, (list, tuple)) else units
+    output_size = num_proj or (units[-1] if isinstance(units, list) else units)
     self.vocab_size = vocab_size
     self.embedding_dim = embedding_dim or output_size
     self.tie_weights = bool(tie_weights)
@@ -160,6 +163,9 @@ class LanguageModel(keras.Model):
   def initial_state(self, batch_size) -> tuple:
     """Zero state: a tuple of LSTMState, one per layer, float32."""
     return self.rnn.get_initial_state(batch_size)
+
+  def compute_mask(self, inputs, mask=None):
+    return None
 
   @property
   def regularizes_activations(self) -> bool:

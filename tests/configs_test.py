@@ -6,6 +6,7 @@ import os
 
 import gin
 import keras
+import numpy as np
 import pytest
 
 from tbptt.experiments import experiment, gin_files
@@ -40,7 +41,8 @@ def build(config, bindings, model_dir):
 
 
 def test_the_packaged_configs_are_all_here():
-  expected = {"base.gin", "charlm.gin", "ptb_small.gin", "ptb_medium.gin", "ptb_large.gin"}
+  expected = {"base.gin", "charlm.gin", "ptb_small.gin", "ptb_medium.gin", "ptb_large.gin",
+              "awd_lstm_ptb.gin"}
   assert expected <= set(CONFIGS)
 
 
@@ -50,7 +52,9 @@ def test_config_builds_its_experiment(config, ptb_files, tmp_path):
   task_fn = gin.query_parameter("run_experiment.task_fn").scoped_configurable_fn
   gin.clear_config()
   if task_fn is LanguageModelTask:
-    bindings = TINY_LM + (ptb_files if config.startswith("ptb") else [])
+    bindings = TINY_LM + (ptb_files if "ptb" in config else [])
+    if config == "awd_lstm_ptb.gin":
+      bindings += ["TextCorpus.batch_size = 4"]  # 40 rows of 85 tokens need more than the text
   else:
     bindings = TINY_FORECAST
   _, task, trainer = build(config, bindings, tmp_path)
@@ -105,3 +109,24 @@ def test_override_binding_reaches_its_object(tmp_path):
   assert task.train_batch(0, 0, 6)["inputs"].shape == (6, 7)
   assert all(layer.cell.num_proj == 4 for layer in task.model.rnn.layers_)
   assert float(trainer.runner.optimizer.learning_rate) == pytest.approx(0.0123)
+
+
+def test_awd_config_has_the_papers_recipe_and_trains_a_few_steps(ptb_files, tmp_path):
+  gin_files.parse(["awd_lstm_ptb.gin"], [])
+  assert gin.query_parameter("LanguageModel.units") == [1150, 1150, 400]
+  assert gin.query_parameter("LanguageModel.embedding_dim") == 400
+  assert gin.query_parameter("LanguageModel.weight_drop") == 0.5
+  assert gin.query_parameter("TextCorpus.seq_len") == 70
+  assert gin.query_parameter("Trainer.learning_rate") == 30.0
+  gin.clear_config()
+  small = TINY_LM + ptb_files + [
+      "TextCorpus.batch_size = 4", "TextCorpus.seq_len = 8", "TextCorpus.max_seq_len = 12",
+      "TextCorpus.eval_batch_size = 2", "Trainer.train_steps = 4", "Trainer.eval_interval = 2",
+      "Trainer.checkpoint_interval = 2", "Trainer.eval_steps = 3", "Trainer.steps_per_loop = 2",
+      "Trainer.histogram_interval = None", "sample_text.length = 5"]
+  gin_files.parse(["awd_lstm_ptb.gin"], small)
+  result = experiment.run_experiment(str(tmp_path), "train")
+  gin.clear_config()
+  assert result["step"] == 4
+  assert np.isfinite(result["train"]["loss"]) and np.isfinite(result["valid"]["loss"])
+  assert {"ar", "tar"} <= set(result["train"])

@@ -118,8 +118,7 @@ class TrainLoop:
       if set(metrics["task"]) != set(names):
         raise ValueError(f"Task.train_metrics returned {sorted(metrics['task'])}, but "
                          f"Task.train_metric_names is {list(names)}")
-      for k in names:
-        task_arrays[k] = task_arrays[k].write(i, metrics["task"][k])
+      task_arrays = {k: a.write(i, metrics["task"][k]) for k, a in task_arrays.items()}
       self._global_step.assign_add(1)
       arrays["loss"] = arrays["loss"].write(i, metrics["loss"])
       arrays["grad_norm"] = arrays["grad_norm"].write(i, metrics["grad_norm"])

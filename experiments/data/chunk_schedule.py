@@ -23,10 +23,12 @@ MAX_PASSES = 4096  # ...or this many passes, for a short stream.
 def draw_lengths(count: int, bptt: int, *, std: float, full_probability: float, min_length: int,
                  max_length: int, seed: int) -> np.ndarray:
   """int32 [count]: the first `count` chunk lengths of the schedule (see the module docstring)."""
-  rng = np.random.Generator(np.random.Philox(key=seed))
-  full = rng.random(count) < full_probability
-  mean = np.where(full, float(bptt), bptt / 2.0)
-  lengths = np.rint(rng.normal(mean, std))
+  # Three uniforms per step, in step order, so step k's length does not depend on `count`: one picks
+  # the mode, two make a normal (Box-Muller).
+  u = np.random.Generator(np.random.Philox(key=seed)).random((count, 3))
+  mean = np.where(u[:, 0] < full_probability, float(bptt), bptt / 2.0)
+  normal = np.sqrt(-2.0 * np.log1p(-u[:, 1])) * np.cos(2.0 * np.pi * u[:, 2])
+  lengths = np.rint(mean + std * normal)
   return np.clip(lengths, min_length, max_length).astype(np.int32)
 
 
