@@ -63,3 +63,12 @@ def test_ar_and_tar_are_logged_and_the_rate_follows_the_chunk_length(uninterrupt
   for k, length in enumerate(lengths):
     assert rates[k + 1] == pytest.approx(0.5 * length / 12, rel=1e-6)
   assert len(set(lengths)) > 2
+
+
+@pytest.mark.slow
+def test_recipes_train_on_two_replicas(corpus_files, tmp_path):  # noqa: F811
+  bindings = tiny_bindings(corpus_files, **RECIPES, **{"distribution.strategy": "'mirrored'",
+                                                       "Trainer.train_steps": 4})
+  result = run(tmp_path, "train", bindings)
+  assert result["step"] == 4 and np.isfinite(result["train"]["loss"])
+  assert result["train"]["ar"] > 0 and np.isfinite(result["valid"]["bits_per_char"])
