@@ -8,6 +8,8 @@ Modes:
   train_and_eval   train, then evaluate the final model on valid and test.
   sample           print text sampled from the latest checkpoint (language models: `sample_text`).
   export           write a streaming SavedModel of the latest checkpoint to model_dir/export.
+Evaluation, sampling and export use NT-ASGD's averaged weights once averaging has started
+(`Trainer.weight_averaging`).
 """
 
 import contextlib
@@ -197,7 +199,8 @@ def _run(model_dir: str, mode: str, task_fn) -> dict:
     return result
   step = _restore(trainer, model_dir, mode)
   if mode == "eval":
-    return trainer.evaluate(splits=EVAL_SPLITS)
-  if mode == "sample":
-    return {"step": step, "sample": sampling.sample_text(task)}
-  return {"step": step, "export": export_lib.export(task, model_dir)}
+    return trainer.evaluate(splits=EVAL_SPLITS)  # With the evaluation weights, as in training.
+  with trainer.evaluation_weights():  # NT-ASGD's averages once there are any.
+    if mode == "sample":
+      return {"step": step, "sample": sampling.sample_text(task)}
+    return {"step": step, "export": export_lib.export(task, model_dir)}

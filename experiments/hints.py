@@ -33,6 +33,8 @@ EXAMPLES = {
     "Trainer.histogram_interval": "1000",
     "Trainer.log_interval": "100",
     "Trainer.profile_steps": "(10, 20)",
+    "Trainer.weight_averaging": "@NTAveraging()",
+    "NTAveraging.nonmono": "5",
     "distribution.strategy": "'mirrored'",
     "distribution.cpu_devices": "2",
     "distribution.heartbeat_timeout_seconds": "10",

@@ -118,6 +118,7 @@ def test_awd_config_has_the_papers_recipe_and_trains_a_few_steps(ptb_files, tmp_
   assert gin.query_parameter("LanguageModel.weight_drop") == 0.5
   assert gin.query_parameter("TextCorpus.seq_len") == 70
   assert gin.query_parameter("Trainer.learning_rate") == 30.0
+  assert gin.query_parameter("NTAveraging.nonmono") == 5
   gin.clear_config()
   small = TINY_LM + ptb_files + [
       "TextCorpus.batch_size = 4", "TextCorpus.seq_len = 8", "TextCorpus.max_seq_len = 12",

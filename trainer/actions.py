@@ -11,6 +11,7 @@ An action touches only what it was given. Periodic ones fire at the first loop e
 multiple of their interval, except where a test of theirs says otherwise.
 """
 
+import contextlib
 import math
 
 import tensorflow as tf
@@ -162,17 +163,27 @@ class Histograms(Action):
 
 
 class TaskSummaries(Action):
-  """The task's own eval summaries (e.g. forecast images), next to the 'valid' scalars."""
+  """The task's own eval summaries (e.g. forecast images, a text sample), next to the 'valid'
+  scalars, written with the weights evaluation uses.
 
-  def __init__(self, task, summaries: Summaries, split: str = "valid", writer: str = "eval"):
+  Args:
+    task: Its `write_eval_summaries(step)` is called.
+    summaries: The writers.
+    evaluation_weights: A context-manager factory in which the model holds the evaluation weights
+      (the runner's `evaluation_weights`: NT-ASGD's averages once there are any); None: as it is.
+  """
+
+  def __init__(self, task, summaries: Summaries, split: str = "valid", writer: str = "eval",
+               evaluation_weights=None):
     self._task = task
     self._summaries = summaries
     self._split = split
     self._writer = writer
+    self._evaluation_weights = evaluation_weights or contextlib.nullcontext
 
   def on_eval(self, split, step, metrics):
     if split == self._split:
-      with self._summaries.writer(self._writer).as_default(step=step):
+      with self._summaries.writer(self._writer).as_default(step=step), self._evaluation_weights():
         self._task.write_eval_summaries(step)
 
 
@@ -231,3 +242,65 @@ class Progress(Action):
 
   def on_end(self, step):
     self._reporter.close_bar()
+
+
+class WeightAveraging(Action):
+  """NT-ASGD's trigger and its TensorBoard scalars (see `averaging`).
+
+  Each 'valid' evaluation made while training (the periodic ones and the one at the end of a
+  run; not `Trainer.evaluate`) is recorded, and starts the averaging when the non-monotonic rule
+  says so, with one log line. Train scalars at every multiple of `summary_interval`:
+  `averaging/active` (0 or 1), `averaging/iterates` (iterates averaged after that step) and, once
+  active, `averaging/start_step`.
+
+  Args:
+    averages: The runner's `WeightAverages`.
+    summaries: Written to its 'train' writer.
+    summary_interval: Steps.
+    log: A `logging.Logger` for the line that says averaging started (INFO).
+  """
+
+  def __init__(self, averages, summaries: Summaries, summary_interval: int, log,
+               split: str = "valid"):
+    self._averages = averages
+    self._summaries = summaries
+    self._interval = summary_interval
+    self._log = log
+    self._split = split
+    self._training = False
+
+  def on_start(self, step, until):
+    self._training = until is not None
+    start = self._averages.start_step
+    if self._training and start is not None:
+      self._log.info("Weight averaging (NT-ASGD) is active since step %d (%d iterates averaged).",
+                     start, self._averages.count)
+
+  def on_train(self, step, outputs, metrics):
+    start = self._averages.start_step
+    count = self._averages.count
+    previous = step - outputs.steps
+    first = self._interval - previous % self._interval
+    for i in range(first - 1, outputs.steps, self._interval):
+      values = {"active": 0.0, "iterates": 0.0}
+      if start is not None:
+        # Updates applied after step i (skipped steps add to the running total and average
+        # nothing) are not yet in the count at step i.
+        skipped_after = int(outputs.nonfinite_steps[-1] - outputs.nonfinite_steps[i])
+        values = {"active": 1.0, "iterates": count - (outputs.steps - 1 - i - skipped_after),
+                  "start_step": start}
+      self._summaries.scalars("train", previous + i + 1, {"averaging": values})
+
+  def on_eval(self, split, step, metrics):
+    if not self._training or split != self._split:
+      return
+    if self._averages.record(step, metrics["loss"]):
+      nonmono = self._averages.settings.nonmono
+      self._log.info(
+          "Step %d: validation loss %.4f is worse than the best before the last %d evaluations "
+          "(%.4f); averaging the weights from here on (NT-ASGD): evaluations, samples and "
+          "exports use the averages.", step, metrics["loss"], nonmono,
+          min(self._averages.history[:-nonmono - 1]))
+
+  def on_end(self, step):
+    self._training = False

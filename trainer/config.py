@@ -12,6 +12,7 @@ from typing import Any, Callable
 import gin
 
 from tbptt.trainer import optimizers
+from tbptt.trainer.averaging import NTAveraging
 from tbptt.trainer.errors import invalid
 from tbptt.trainer.runtime import Runtime
 
@@ -52,6 +53,7 @@ class TrainerConfig:
     optimizer: Optimizer factory, `optimizer(learning_rate=...)`, e.g. `@optimizers.Adam`.
     learning_rate: Base learning rate.
     lr_schedule: Schedule factory (e.g. `@schedules.EpochDecay`); None: constant.
+    weight_averaging: `@NTAveraging()`: NT-ASGD's weight averaging (see `averaging`); None: off.
     jit_compile: Compile each replica's forward and backward pass with XLA.
     eval_steps: Cap on eval chunks per split (None: all).
     histogram_interval: Weight and gradient histograms at the first loop end past each multiple
@@ -78,6 +80,7 @@ class TrainerConfig:
   optimizer: Callable[..., Any] = optimizers.Adam
   learning_rate: float = 1e-3
   lr_schedule: Callable[..., Any] | None = None
+  weight_averaging: NTAveraging | None = None
   jit_compile: bool = False
   eval_steps: int | None = None
   histogram_interval: int | None = 1000
@@ -103,6 +106,11 @@ class TrainerConfig:
       raise invalid("Trainer.rollback_lr_factor", "a number in (0, 1]", factor)
     if not _is_int(self.max_rollbacks) or self.max_rollbacks < 0:
       raise invalid("Trainer.max_rollbacks", "a non-negative integer", self.max_rollbacks)
+    averaging = self.weight_averaging
+    if averaging is NTAveraging:  # `@NTAveraging` without the call: the bound settings.
+      object.__setattr__(self, "weight_averaging", averaging())
+    elif averaging is not None and not isinstance(averaging, NTAveraging):
+      raise invalid("Trainer.weight_averaging", "None or @NTAveraging()", averaging)
     if not isinstance(self.jit_compile, bool):
       raise invalid("Trainer.jit_compile", "True or False", self.jit_compile)
     profile = self.profile_steps

@@ -8,9 +8,12 @@ The controller drives it; checkpoints reach its variables through `trackables()`
 carried state in and out of them with `state_to_variables()` / `state_from_variables()`.
 """
 
+import contextlib
+
 import tensorflow as tf
 
 from tbptt.trainer import distribute, optimizers
+from tbptt.trainer.averaging import WeightAverages
 from tbptt.trainer.config import TrainerConfig
 from tbptt.trainer.errors import ConfigError
 from tbptt.trainer.loop import EvalLoop, TrainLoop, TrainOutputs, state_paths
@@ -25,7 +28,8 @@ def variable(initial, dtype, name) -> tf.Variable:
 
 
 class Runner:
-  """Owns the model's optimizer, the global step, the carried train state and the loops.
+  """Owns the model's optimizer, the global step, the carried train state and the loops, and with
+  `Trainer.weight_averaging` the NT-ASGD averages (`averages`, a `WeightAverages`; else None).
 
   Args:
     task: The task, built inside `strategy.scope()`.
@@ -76,6 +80,12 @@ class Runner:
     self._gather = tf.function(lambda state: distribute.gather_rows(strategy, state))
     self.state = self._zero_state()
     self._step = None  # The global step as the loops left it; None: read the variable.
+    # NT-ASGD (Trainer.weight_averaging): the averaged weights, updated in the train step.
+    self.averages = None
+    if config.weight_averaging is not None:
+      with strategy.scope():
+        self.averages = WeightAverages(config.weight_averaging, task.model, strategy)
+      self.averages.attach(self.optimizer)
 
   # -- construction --------------------------------------------------------------------------------
 
@@ -125,11 +135,18 @@ class Runner:
     return outputs
 
   def evaluate(self, split: str) -> dict | None:
-    """The task's metrics over `split` from a zero state; None if the split has no data."""
-    sums = self._eval_loop(split)
+    """The task's metrics over `split` from a zero state (the evaluation weights); None if the
+    split has no data."""
+    with self.evaluation_weights():
+      sums = self._eval_loop(split)
     if sums is None:
       return None
     return {k: float(v) for k, v in self.task.eval_metrics(sums).items()}
+
+  def evaluation_weights(self):
+    """Context: the model holds the weights that evaluation, sampling and export use: the averaged
+    ones once NT-ASGD has averaged an update, otherwise (and after it) the raw ones."""
+    return self.averages.applied() if self.averages is not None else contextlib.nullcontext()
 
   def request_stop(self, signum: int | None = None) -> None:
     """Ends the running loop after its current step (any thread); `clear_stop()` undoes it."""
@@ -148,7 +165,8 @@ class Runner:
         nonfinite_steps=self.counters.total, nonfinite_in_a_row=self.counters.consecutive,
         train_state=list(self._state_variables), learning_rate_factor=self.learning_rate_factor,
         # Keras seed generators (dropout masks) are not reached through the model's checkpoint.
-        model_non_trainable=list(self.task.model.non_trainable_variables))
+        model_non_trainable=list(self.task.model.non_trainable_variables),
+        **(self.averages.trackables() if self.averages is not None else {}))
 
   def state_to_variables(self) -> None:
     """Copies every replica's carried rows into the checkpointed [B, ...] variables."""

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from tbptt.trainer import distribute
 from tbptt.trainer.actions import BestCheckpoint, Histograms, NonFinitePolicy, Progress
-from tbptt.trainer.actions import TaskSummaries
+from tbptt.trainer.actions import TaskSummaries, WeightAveraging
 from tbptt.trainer.checkpointing import Checkpointer
 from tbptt.trainer.config import TrainerConfig
 from tbptt.trainer.controller import Controller
@@ -37,7 +37,9 @@ class Trainer:
 
   Everything a bit-exact resume needs is checkpointed: model, optimizer, global step, the carried
   train state (all replicas' rows, [B, ...]), the non-finite counters, Keras seed-generator states
-  (dropout masks), the best eval loss, and the rollback count and learning-rate factor.
+  (dropout masks), the best eval loss, the rollback count and learning-rate factor, and with
+  `weight_averaging` (NT-ASGD) the averaged weights, their count, the step averaging started at and
+  the validation losses its trigger compares.
 
   Args:
     task: The task (model, data, loss, metrics), built inside `strategy.scope()`.
@@ -101,8 +103,11 @@ class Trainer:
                         max_steps=config.max_nonfinite_steps, policy=config.nonfinite_policy,
                         lr_factor=config.rollback_lr_factor, max_rollbacks=config.max_rollbacks,
                         log=_log),
+        # NT-ASGD's trigger comes before BestCheckpoint, whose copy then holds the state after it.
+        *([] if runner.averages is None else [
+            WeightAveraging(runner.averages, summaries, config.summary_interval, _log)]),
         BestCheckpoint(self.checkpoints, best_loss),
-        TaskSummaries(self.task, summaries),
+        TaskSummaries(self.task, summaries, evaluation_weights=runner.evaluation_weights),
         Progress(ProgressReporter(live=None if chief else False), config.log_interval)]
     if config.profile_steps is not None:
       actions.append(Profiler(os.path.join(self.model_dir, "train"), *config.profile_steps,
@@ -156,6 +161,11 @@ class Trainer:
         self.restore()
       self.runner.clear_stop()
       return self._controller.train(until)
+
+  def evaluation_weights(self):
+    """Context: the model holds the weights evaluation, sampling and export use (NT-ASGD's averages
+    once it has averaged an update; the raw weights otherwise). Restore first."""
+    return self.runner.evaluation_weights()
 
   def evaluate(self, splits=("valid", "test")) -> dict:
     """Restores the newest checkpoint, evaluates each split, writes eval summaries.
