@@ -110,7 +110,8 @@ def run_recipe(job: dict) -> dict:
     trainer.train(until_step=step)
   seconds, cpu = time.perf_counter() - begin, time.process_time() - cpu_begin
   valid = trainer.evaluate(splits=("valid",))["valid"]
-  averaging = getattr(trainer, "averaging_started_at", None)
+  averages = trainer.runner.averages
+  averaging = None if averages is None else averages.start_step
   return {"steps": step, "seconds": seconds, "cpu_seconds": cpu, "loss": valid["loss"],
           "perplexity": math.exp(valid["loss"]), "averaging_from": averaging,
           "vocab": task.vocab.size, "load": os.getloadavg()[0]}
