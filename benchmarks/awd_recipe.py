@@ -80,8 +80,10 @@ def bindings_of(job: dict) -> list:
               f"Trainer.log_interval = {job['epoch_steps']}",
               f"Trainer.summary_interval = {job['round_steps']}"]
   quick = QUICK["bindings"] if job["quick"] else []
+  rate = job.get("learning_rate", {}).get(job["recipe"])
+  rate = [] if rate is None else [f"Trainer.learning_rate = {rate}"]
   return corpus + COMMON + BINDINGS[job["recipe"]] + interval + [
-      f"Trainer.seed = {job['seed']}"] + quick
+      f"Trainer.seed = {job['seed']}"] + rate + quick
 
 
 def epoch_steps(corpus: str, workdir: str, quick: bool) -> int:
@@ -136,8 +138,9 @@ def run_job(job: dict) -> dict:
 
 def report(results: dict, args) -> str:
   """A markdown table: per corpus and recipe, valid perplexity at equal wall time."""
+  rate = "" if args.awd_learning_rate is None else f", AWD at lr {args.awd_learning_rate:g}"
   lines = [f"AWD-LSTM vs plain TBPTT at equal wall time ({args.seconds:.0f} s of training per "
-           f"run), {datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs",
+           f"run{rate}), {datetime.date.today()}, {platform.node()}, {os.cpu_count()} CPUs",
            "", "| corpus | recipe | valid perplexity | steps | CPU s | load | NT-ASGD from step |",
            "| --- | --- | --- | --- | --- | --- | --- |"]
   for corpus in args.corpora:
@@ -158,6 +161,9 @@ def parse_args(argv):
   parser.add_argument("--round_steps", type=int, default=20,
                       help="steps between train summaries (and stop checks between loop calls)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--recipes", type=lambda s: s.split(","), default=list(RECIPES))
+  parser.add_argument("--awd_learning_rate", type=float, default=None,
+                      help="the AWD recipe's rate instead of the paper's 30")
   parser.add_argument("--workdir", default=None, help="run directories (default: a temp dir)")
   parser.add_argument("--quick", action="store_true", help="a smoke run: tiny model, seconds")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -177,10 +183,10 @@ def main(argv=None) -> int:
   results = {}
   for corpus in args.corpora:
     steps = epoch_steps(corpus, workdir, args.quick)
-    for recipe in RECIPES:
+    for recipe in args.recipes:
       job = {"corpus": corpus, "recipe": recipe, "seconds": args.seconds, "seed": args.seed,
              "round_steps": args.round_steps, "epoch_steps": steps, "workdir": workdir,
-             "quick": args.quick}
+             "quick": args.quick, "learning_rate": {"awd": args.awd_learning_rate}}
       results[(corpus, recipe)] = run_job(job)
       print(f"{corpus} {recipe}: {json.dumps(results[(corpus, recipe)])}", flush=True)
   print(report(results, args))
