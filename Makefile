@@ -16,6 +16,7 @@ $(STAMP): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,mkl]'
 	$(PY) -m tbptt.layers.kernels
+	$(PY) -m tbptt.experiments.data.kernels
 	touch $@
 
 install: $(STAMP)

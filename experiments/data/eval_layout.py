@@ -14,6 +14,7 @@ training layout (`tbptt.StreamLayout`) cuts its ragged tail instead; it need not
 import numpy as np
 import tensorflow as tf
 
+from tbptt.experiments.data import kernels
 from tbptt.trainer.errors import ConfigError
 
 
@@ -22,8 +23,9 @@ class EvalLayout:
 
   Args:
     ids: int [N] token ids of the split: an array (held as one constant tensor) or an np.memmap
-      (left on disk; each chunk's window is read from it by `tf.numpy_function`, so memory does
-      not grow with the split).
+      (left on disk, so memory does not grow with the split; each chunk's window is read from the
+      file by the token-window op, `kernels.token_window`, or by `tf.numpy_function` if the op is
+      not built).
     batch_size: Rows B.
     seq_len: Chunk length T (tokens).
     name: What the ids are (for error messages), e.g. "the valid text".
@@ -47,6 +49,9 @@ class EvalLayout:
     self.num_chunks = -(-self.row_length // seq_len)
     # Built eagerly once, so the tf.functions that read it capture it instead of embedding a copy.
     self._ids = None if self.memory_mapped else tf.constant(self.ids)  # [N]
+    # Where the op reads the map's ids (None: through tf.numpy_function); built here, eagerly.
+    self._id_file = (kernels.id_file(self.ids) if self.memory_mapped and kernels.available()
+                     else None)
 
   @property
   def tokens_per_pass(self) -> int:
@@ -78,6 +83,8 @@ class EvalLayout:
       bool (True at chunk 0).
     """
     num_rows = self.batch_size if num_rows is None else num_rows
+    if self._id_file is not None:
+      return self._chunk_from_file(index, row_start, num_rows)
     if self.memory_mapped:
       inputs, targets, weights = tf.numpy_function(
           lambda k, r: self.window(k, r, num_rows), [index, row_start],
@@ -97,5 +104,20 @@ class EvalLayout:
       return tf.where(valid, ids, 0)
 
     return {"inputs": ids_at(positions), "targets": ids_at(positions + 1),
+            "weights": tf.cast(valid, tf.float32),
+            "reset": tf.fill([num_rows], tf.equal(index, 0))}
+
+  def _chunk_from_file(self, index, row_start, num_rows: int) -> dict[str, tf.Tensor]:
+    """`chunk` of a memory-mapped split: each row's T + 1 ids (inputs and the targets one to their
+    right) read from the file by the token-window op; past the last id it reads 0, masked anyway."""
+    index = tf.cast(index, tf.int64)
+    rows = tf.cast(row_start, tf.int64) + tf.range(num_rows, dtype=tf.int64)
+    steps = index * self.seq_len + tf.range(self.seq_len, dtype=tf.int64)
+    positions = rows[:, None] * self.row_length + steps[None]  # [b, T], of the input token
+    valid = (steps[None] < self.row_length) & (positions < self.num_targets)
+    window = kernels.token_window(self._id_file, positions[:, 0], self.seq_len + 1,
+                                  pad_past_end=True)  # [b, T + 1]
+    return {"inputs": tf.where(valid, window[:, :-1], 0),
+            "targets": tf.where(valid, window[:, 1:], 0),
             "weights": tf.cast(valid, tf.float32),
             "reset": tf.fill([num_rows], tf.equal(index, 0))}

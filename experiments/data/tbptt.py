@@ -13,6 +13,7 @@ the step), so a resumed run finds its place from the restored step alone.
 import numpy as np
 import tensorflow as tf
 
+from tbptt.experiments.data import kernels
 from tbptt.trainer.errors import ConfigError
 
 
@@ -21,8 +22,9 @@ class StreamLayout:
 
   Args:
     ids: int [N] token ids of the whole split: an array (held as one constant tensor) or an
-      np.memmap (left on disk; each chunk's window is read from it by `tf.numpy_function`, so
-      memory does not grow with the corpus).
+      np.memmap (left on disk, so memory does not grow with the corpus; each chunk's window is
+      read from the file by the token-window op, `kernels.token_window`, or by
+      `tf.numpy_function` if the op is not built).
     batch_size: Rows B.
     seq_len: Chunk length T (tokens).
     name: What the ids are (for error messages), e.g. "the training text".
@@ -48,6 +50,10 @@ class StreamLayout:
     self.num_chunks = (length - 1) // seq_len
     # Built eagerly once, so the tf.functions that read it capture it instead of embedding a copy.
     self._streams = None if self.memory_mapped else tf.constant(self.streams)
+    # Where the op reads the map's ids (None: through tf.numpy_function). Building the op (the first
+    # time only) happens here, eagerly, never while a step is traced.
+    self._id_file = (kernels.id_file(ids) if self.memory_mapped and kernels.available()
+                     else None)
 
   @property
   def tokens_per_pass(self) -> int:
@@ -69,7 +75,11 @@ class StreamLayout:
     num_rows = self.batch_size if num_rows is None else num_rows
     index = tf.cast(index, tf.int32)
     row_start = tf.cast(row_start, tf.int32)
-    if self.memory_mapped:
+    if self._id_file is not None:
+      rows = tf.cast(row_start, tf.int64) + tf.range(num_rows, dtype=tf.int64)
+      starts = rows * self.streams.shape[1] + tf.cast(index, tf.int64) * self.seq_len
+      window = kernels.token_window(self._id_file, starts, self.seq_len + 1)
+    elif self.memory_mapped:
       window = tf.numpy_function(self._read_window, [index, row_start, tf.constant(num_rows)],
                                  tf.int32, name="read_token_window")
       window.set_shape([num_rows, self.seq_len + 1])

@@ -76,11 +76,11 @@ def mkl() -> dict | None:
   return {"include": include, "libraries": libraries, "version": version}
 
 
-def compile_flags() -> list:
-  """Optimisation, architecture, MKL and TensorFlow's own flags (ABI, C++ standard, Eigen
-  alignment)."""
+def compile_flags(with_mkl: bool = True) -> list:
+  """Optimisation, architecture, MKL (if `with_mkl` and installed) and TensorFlow's own flags (ABI,
+  C++ standard, Eigen alignment)."""
   flags = ["-shared", "-fPIC", "-O3", "-fopenmp-simd", "-DNDEBUG", "-w"]
-  found = mkl()
+  found = mkl() if with_mkl else None
   if found:
     flags += ["-DTBPTT_WITH_MKL", f"-I{found['include']}",
               f"-DTBPTT_MKL_VERSION={found['version']}"]
@@ -93,9 +93,9 @@ def compile_flags() -> list:
   return flags + tf.sysconfig.get_compile_flags()
 
 
-def link_flags() -> list:
+def link_flags(with_mkl: bool = True) -> list:
   flags = list(tf.sysconfig.get_link_flags())
-  found = mkl()
+  found = mkl() if with_mkl else None
   if found:
     # -Bsymbolic binds our own symbols inside the library; the rpath finds MKL at load time.
     flags += found["libraries"] + [f"-Wl,-rpath,{os.path.dirname(found['libraries'][0])}",
@@ -118,10 +118,10 @@ def _compiler_version(cxx: list) -> str:
   return result.stdout.strip()
 
 
-def cache_key(sources: list, cxx: list, version: str) -> str:
+def cache_key(sources: list, cxx: list, version: str, with_mkl: bool = True) -> str:
   digest = hashlib.sha256()
-  for part in (tf.__version__, shlex.join(cxx), version, shlex.join(compile_flags()),
-               shlex.join(link_flags()),
+  for part in (tf.__version__, shlex.join(cxx), version, shlex.join(compile_flags(with_mkl)),
+               shlex.join(link_flags(with_mkl)),
                ",".join(cpu_features()), sys.platform):
     digest.update(part.encode() + b"\0")
   for path in sources:
@@ -130,7 +130,8 @@ def cache_key(sources: list, cxx: list, version: str) -> str:
   return digest.hexdigest()[:24]
 
 
-def build(name: str, sources: list, cache_dir: str | None = None) -> str:
+def build(name: str, sources: list, cache_dir: str | None = None, *,
+          with_mkl: bool = True) -> str:
   """Returns the path of the compiled library `name`, building it if the cache has none.
 
   Args:
@@ -138,6 +139,8 @@ def build(name: str, sources: list, cache_dir: str | None = None) -> str:
     sources: Paths of the C++ sources: the translation units (compiled in parallel, in this
       order, one per core) and the headers they include (part of the cache key).
     cache_dir: Where libraries are kept; `cache_root()` by default.
+    with_mkl: Compile and link against MKL when it is installed (`mkl()`); False for a library
+      that multiplies no matrices.
 
   Raises:
     BuildError: the compiler is missing or fails (the message is one line).
@@ -145,7 +148,7 @@ def build(name: str, sources: list, cache_dir: str | None = None) -> str:
   cache_dir = cache_dir or cache_root()
   units = [path for path in sources if not path.endswith((".h", ".hpp"))]
   cxx = _compiler()
-  key = cache_key(sources, cxx, _compiler_version(cxx))
+  key = cache_key(sources, cxx, _compiler_version(cxx), with_mkl)
   target = os.path.join(cache_dir, f"{name}-{key}.so")
   if os.path.exists(target):
     return target
@@ -159,18 +162,18 @@ def build(name: str, sources: list, cache_dir: str | None = None) -> str:
     objects = tempfile.mkdtemp(prefix=f"{name}-{key}.", suffix=".objects", dir=cache_dir)
     try:
       if len(units) == 1:
-        _run(cxx, compile_flags() + units + ["-o", tmp] + link_flags())
+        _run(cxx, compile_flags(with_mkl) + units + ["-o", tmp] + link_flags(with_mkl))
       else:
         outputs = [os.path.join(objects, f"{i}.o") for i in range(len(units))]
         with futures.ThreadPoolExecutor(max_workers=min(len(units), _cores())) as pool:
           # list(): every compilation finishes (or fails) before the first error is raised.
-          done = list(pool.map(lambda unit, out: _try_run(cxx, compile_flags()
+          done = list(pool.map(lambda unit, out: _try_run(cxx, compile_flags(with_mkl)
                                                           + ["-c", unit, "-o", out]),
                                units, outputs))
         failed = [error for error in done if error is not None]
         if failed:
           raise failed[0]
-        _run(cxx, ["-shared"] + outputs + ["-o", tmp] + link_flags())
+        _run(cxx, ["-shared"] + outputs + ["-o", tmp] + link_flags(with_mkl))
       os.chmod(tmp, 0o755)
       os.replace(tmp, target)
     finally:

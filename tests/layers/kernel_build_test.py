@@ -103,6 +103,18 @@ def test_cache_key_names_tensorflow_source_compiler_and_cpu(tmp_path, monkeypatc
   assert build.cache_key([source], ["c++"], "g++ 12") != key
 
 
+def test_a_library_built_without_mkl_neither_compiles_nor_links_it(tmp_path, monkeypatch):
+  monkeypatch.setattr(build, "mkl", lambda: {"include": "/mkl/include", "version": "1",
+                                             "libraries": ["/mkl/lib/libmkl_core.so"]})
+  assert "-DTBPTT_WITH_MKL" in build.compile_flags()
+  assert "/mkl/lib/libmkl_core.so" in build.link_flags()
+  assert not [f for f in build.compile_flags(with_mkl=False) + build.link_flags(with_mkl=False)
+              if "mkl" in f.lower()]
+  source = _probe(tmp_path)
+  assert (build.cache_key([source], ["c++"], "g++ 12", with_mkl=False)
+          != build.cache_key([source], ["c++"], "g++ 12"))
+
+
 @pytest.mark.slow
 def test_two_processes_building_at_once_compile_once(tmp_path, counting_compiler):
   cache = str(tmp_path / "cache")

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tbptt.experiments.data import kernels
 from tbptt.experiments.data.eval_layout import EvalLayout
 from tbptt.trainer.errors import ConfigError
 
@@ -63,3 +64,29 @@ def test_numpy_windows_equal_the_tensor_chunks():
     np.testing.assert_array_equal(inputs, chunk["inputs"])
     np.testing.assert_array_equal(targets, chunk["targets"])
     np.testing.assert_array_equal(weights, chunk["weights"])
+
+
+@pytest.mark.parametrize("op_built", [True, False])
+def test_a_memory_mapped_split_is_read_by_the_op_or_else_through_numpy(tmp_path, monkeypatch,
+                                                                       op_built):
+  if op_built and not kernels.available():
+    pytest.skip(f"the token-window op is not built: {kernels.error()}")
+  if not op_built:
+    monkeypatch.setattr(kernels, "available", lambda: False)
+  ids = np.random.default_rng(0).integers(0, 300, 1001).astype(np.int32)
+  ids.astype(np.uint16).tofile(tmp_path / "ids.bin")
+  mapped = EvalLayout(np.memmap(tmp_path / "ids.bin", np.uint16, "r"), batch_size=6, seq_len=13)
+  held = EvalLayout(ids, batch_size=6, seq_len=13)
+  read = tf.function(lambda index, row_start: mapped.chunk(index, row_start, 4))
+  graph = read.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)).graph
+  types = {op.type for op in graph.get_operations()}
+  if op_built:
+    assert "TbpttTokenWindow" in types and not types & {"PyFunc", "EagerPyFunc"}
+  else:
+    assert "PyFunc" in types and "TbpttTokenWindow" not in types
+  for index in range(mapped.num_chunks):  # the last chunks read past the end of the text
+    a = read(tf.constant(index), tf.constant(2))
+    b = held.chunk(index, 2, 4)
+    for key in ("inputs", "targets", "weights", "reset"):
+      assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+      np.testing.assert_array_equal(a[key], b[key])

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tbptt.experiments.data import kernels
 from tbptt.experiments.data import vocab as vocab_lib
 from tbptt.experiments.data.corpus import read_stdlib
 from tbptt.experiments.data.tbptt import StreamLayout
@@ -85,6 +86,36 @@ def test_a_memory_mapped_stream_reads_the_same_chunks(tmp_path, real_ids):
   for step in (0, 3, mapped.num_chunks + 3):
     a = read(mapped, tf.constant(step, tf.int64), tf.constant(1))
     b = read(held, tf.constant(step, tf.int64), tf.constant(1))
+    for key in ("inputs", "targets", "weights", "reset"):
+      assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
+      np.testing.assert_array_equal(a[key], b[key])
+
+
+def _op_types(fn, *args):
+  return {op.type for op in fn.get_concrete_function(*args).graph.get_operations()}
+
+
+@pytest.mark.parametrize("op_built", [True, False])
+def test_a_memory_mapped_stream_is_read_by_the_op_or_else_through_numpy(tmp_path, real_ids,
+                                                                        monkeypatch, op_built):
+  if op_built and not kernels.available():
+    pytest.skip(f"the token-window op is not built: {kernels.error()}")
+  if not op_built:
+    monkeypatch.setattr(kernels, "available", lambda: False)
+  path = tmp_path / "ids.bin"
+  real_ids.astype(np.uint16).tofile(path)
+  mapped = StreamLayout(np.memmap(path, np.uint16, mode="r"), batch_size=5, seq_len=33)
+  held = StreamLayout(real_ids, batch_size=5, seq_len=33)
+  read = tf.function(lambda step, row_start: mapped.chunk_for_step(step, row_start, num_rows=3))
+  types = _op_types(read, tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int32))
+  if op_built:
+    assert "TbpttTokenWindow" in types and not types & {"PyFunc", "EagerPyFunc"}
+  else:
+    assert "PyFunc" in types and "TbpttTokenWindow" not in types
+  # Chunks are a pure function of the step: the same step reads the same ids, pass after pass.
+  for step in (0, 1, mapped.num_chunks - 1, mapped.num_chunks, 7 * mapped.num_chunks + 2):
+    a = read(tf.constant(step, tf.int64), tf.constant(2))
+    b = held.chunk_for_step(step, 2, num_rows=3)
     for key in ("inputs", "targets", "weights", "reset"):
       assert a[key].dtype == b[key].dtype and a[key].shape == b[key].shape
       np.testing.assert_array_equal(a[key], b[key])
