@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tbptt.experiments.data.chunk_schedule import ChunkSchedule
 from tbptt.experiments.data.tbptt import StreamLayout
+from tbptt.trainer.errors import ConfigError
 
 
 class ScheduledChunks:
@@ -38,6 +39,11 @@ class ScheduledChunks:
     self.schedule = schedule
     self.burn_in = int(burn_in)
     self.width = self.burn_in + schedule.max_length
+    if self.width + 1 > layout.streams.shape[1]:
+      raise ConfigError(f"TextCorpus.burn_in ({self.burn_in}) + max_seq_len "
+                        f"({schedule.max_length}) + 1 tokens exceed a training row "
+                        f"({layout.streams.shape[1]} tokens); use a smaller burn_in or "
+                        "batch_size, or a longer text")
     self.scale_learning_rate = bool(scale_learning_rate)
     # Built eagerly once, so the tf.functions that read them capture them.
     self._starts = tf.constant(schedule.starts, tf.int64)

@@ -104,24 +104,28 @@ class StreamLayout:
 
     Args:
       begin: First column (scalar int tensor); may be negative: columns before 0 read as 0.
-      width: Columns (Python int); begin + width must not exceed the row length L.
+      width: Columns (Python int, at most the row length L); begin + width must not exceed L.
       row_start: First row (int or scalar int tensor).
       num_rows: Rows (Python int).
     """
     begin = tf.cast(begin, tf.int32)
     row_start = tf.cast(row_start, tf.int32)
     lead = tf.maximum(0, -begin)  # Columns before the stream's start.
-    start = begin + lead
-    if self.memory_mapped:
-      window = tf.numpy_function(self._read_columns, [row_start, tf.constant(num_rows), start,
-                                                      width - lead], tf.int32,
-                                 name="read_token_columns")
+    start = begin + lead  # Read `width` columns from here (static shape), then shift by `lead`.
+    if self._id_file is not None:
+      rows = tf.cast(row_start, tf.int64) + tf.range(num_rows, dtype=tf.int64)
+      read = kernels.token_window(self._id_file, rows * self.streams.shape[1]
+                                  + tf.cast(start, tf.int64), width)
+    elif self.memory_mapped:
+      read = tf.numpy_function(self._read_columns, [row_start, tf.constant(num_rows), start,
+                                                    tf.constant(width)], tf.int32,
+                               name="read_token_columns")
+      read.set_shape([num_rows, width])
     else:
-      window = tf.slice(self._streams, tf.stack([row_start, start]),
-                        tf.stack([num_rows, width - lead]))
-    window = tf.pad(window, tf.stack([[0, 0], [lead, 0]]))
-    window.set_shape([num_rows, width])
-    return window
+      read = tf.slice(self._streams, tf.stack([row_start, start]), [num_rows, width])
+    source = tf.range(width) - lead
+    shifted = tf.gather(read, tf.maximum(source, 0), axis=1)
+    return tf.where((source >= 0)[None], shifted, tf.zeros_like(shifted))
 
   def _read_columns(self, row_start, num_rows, begin, width) -> np.ndarray:
     """int32 [num_rows, width] copied out of the memory map."""

@@ -31,11 +31,12 @@ def _chunks(ids, burn_in, variable=True):
                                  scale_learning_rate=variable)
 
 
-@pytest.mark.parametrize("memory_mapped", [False, True], ids=["array", "memmap"])
+@pytest.mark.parametrize("source", ["array", "memmap", "memmap_numpy"])
 @pytest.mark.parametrize("burn_in", [0, 7])
-def test_each_target_of_a_pass_is_scored_once_in_order_after_its_burn_in(memory_mapped, burn_in,
-                                                                         tmp_path):
-  layout, chunks = _chunks(_ids(memory_mapped, tmp_path), burn_in)
+def test_each_target_of_a_pass_is_scored_once_in_order_after_its_burn_in(source, burn_in, tmp_path):
+  layout, chunks = _chunks(_ids(source != "array", tmp_path), burn_in)
+  if source == "memmap_numpy":
+    layout._id_file = None  # As when the token-window op is not built: tf.numpy_function reads.
   streams = np.asarray(layout.streams, np.int64)
   schedule = chunks.schedule
   scored = []
@@ -94,3 +95,20 @@ def test_chunks_with_carried_state_predict_as_one_pass_over_the_rows(burn_in, va
     np.testing.assert_allclose(logits[:, burn_in:burn_in + length],
                                whole[:, start:start + length], rtol=1e-4, atol=1e-5,
                                err_msg=f"step {step}")
+
+
+def test_memory_mapped_rows_are_read_by_the_token_window_op(tmp_path):
+  from tbptt.experiments.data import kernels
+  assert kernels.available(), kernels.error()
+  _, chunks = _chunks(_ids(True, tmp_path), 7)
+  graph = tf.function(chunks.chunk_for_step).get_concrete_function(
+      tf.TensorSpec([], tf.int64)).graph
+  types = {op.type for op in graph.get_operations()}
+  assert "TbpttTokenWindow" in types and "PyFunc" not in types
+
+
+def test_burn_in_wider_than_a_row_is_a_config_error():
+  from tbptt.trainer.errors import ConfigError
+  layout = StreamLayout(_ids(False, None), B, 20)
+  with pytest.raises(ConfigError, match="burn_in .* exceed a training row"):
+    ScheduledChunks(layout, fixed_schedule(layout), burn_in=ROWS)
