@@ -27,8 +27,9 @@
 // code here to compile); lstm_ops.h holds what they share.
 
 #include <atomic>
+#include <condition_variable>
 #include <memory>
-#include <thread>
+#include <mutex>
 
 #include "tensorflow/core/framework/op.h"
 #include "tensorflow/core/framework/shape_inference.h"
@@ -47,10 +48,15 @@ void RunBlocks(tsl::thread::ThreadPool* pool, int blocks, const std::function<vo
     std::atomic<int> next{0}, done{0};
     const std::function<void(int)>* block;
     int blocks;
+    std::mutex mu;
+    std::condition_variable all_done;
     void Work() {
       for (int i; (i = next.fetch_add(1, std::memory_order_relaxed)) < blocks;) {
         (*block)(i);
-        done.fetch_add(1, std::memory_order_release);
+        if (done.fetch_add(1, std::memory_order_acq_rel) + 1 == blocks) {
+          std::lock_guard<std::mutex> lock(mu);
+          all_done.notify_all();
+        }
       }
     }
   };
@@ -59,17 +65,16 @@ void RunBlocks(tsl::thread::ThreadPool* pool, int blocks, const std::function<vo
   shared->blocks = blocks;
   for (int i = 1; i < blocks; ++i) pool->Schedule([shared] { shared->Work(); });
   shared->Work();
-  // The blocks still running were taken by started tasks and take about as long as the caller's
-  // own: wait for them briefly spinning, then yielding the core.
-  for (int spins = 0; shared->done.load(std::memory_order_acquire) < blocks; ++spins) {
-    if (spins < 2000) {
+  // The blocks still running were taken by started tasks. A per-step product's other blocks end
+  // about when the caller's own does: spin briefly (some 50 microseconds), then sleep.
+  for (int spins = 0; spins < 1000; ++spins) {
+    if (shared->done.load(std::memory_order_acquire) == blocks) return;
 #if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
+    __builtin_ia32_pause();
 #endif
-    } else {
-      std::this_thread::yield();
-    }
   }
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->all_done.wait(lock, [&] { return shared->done.load() == blocks; });
 }
 
 Status ReadDims(OpKernelContext* ctx, Dims* d) {

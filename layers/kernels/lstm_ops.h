@@ -64,11 +64,11 @@ void RunBlocks(tsl::thread::ThreadPool* pool, int blocks, const std::function<vo
 //    the reading of R, which does not fit in L2); the elementwise work stays on the op's thread.
 //  - kNone: everything on the op's thread.
 // $TBPTT_KERNEL_SPLIT (none, rows or columns; read at every call; unset or another value: the
-// choice above) forces one of them whenever the pool and the shape allow it (tests, benchmarks). The blocks are a fixed function of the shape
-// and the pool's size, and a block's floats do not depend on which thread computes it, so the
-// results are reproducible for a given thread count; across thread counts they agree within float
-// rounding (a smaller product may round differently, and the backward op then sums the layer-norm
-// and peephole gradients per block).
+// choice above) forces one of them where the pool and the shape allow it (tests, benchmarks).
+// The blocks are a fixed function of the shape and the pool's size, and a block's floats do not
+// depend on which thread computes it, so the results are reproducible for a given thread count;
+// across thread counts they agree within float rounding (a smaller product may round differently,
+// and the backward op then sums the layer-norm and peephole gradients per block).
 enum class Split { kNone, kRows, kColumns };
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t(1) << 20;
 constexpr int64_t kRowSplitMinWork = 4000000;
