@@ -140,6 +140,8 @@ def thread_settings() -> str:
   if torch is not None:
     parts.append(f"torch {torch.get_num_threads()}")
   parts.append(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+  # The fused kernel's split of its work across TensorFlow's intra-op threads (lstm_ops.h).
+  parts.append(f"TBPTT_KERNEL_SPLIT={os.environ.get('TBPTT_KERNEL_SPLIT', 'unset')}")
   return ", ".join(parts)
 
 

@@ -35,14 +35,14 @@ enum GemmMode { kGemmEigen = 0, kGemmMkl = 1 };  // as in lstm_ops.h
 namespace {
 
 void MklGemm(const float* a, const float* b, float* out, int m, int k, int n, bool transpose_b,
-             float beta) {
+             float beta, int ldb, int ldc) {
   cblas_sgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0f,
-              a, k, b, transpose_b ? k : n, beta, out, n);
+              a, k, b, ldb, beta, out, ldc);
 }
 void MklGemm(const double* a, const double* b, double* out, int m, int k, int n, bool transpose_b,
-             double beta) {
+             double beta, int ldb, int ldc) {
   cblas_dgemm(CblasRowMajor, CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans, m, n, k, 1.0,
-              a, k, b, transpose_b ? k : n, beta, out, n);
+              a, k, b, ldb, beta, out, ldc);
 }
 
 }  // namespace
@@ -50,27 +50,30 @@ void MklGemm(const double* a, const double* b, double* out, int m, int k, int n,
 
 template <typename T>
 void GemmImpl(int mode, const T* a, const T* b, T* out, int m, int k, int n, bool transpose_b,
-              bool accumulate) {
+              bool accumulate, int ldb, int ldc) {
 #ifdef TBPTT_WITH_MKL
   if (mode == kGemmMkl) {
-    MklGemm(a, b, out, m, k, n, transpose_b, accumulate ? T(1) : T(0));
+    MklGemm(a, b, out, m, k, n, transpose_b, accumulate ? T(1) : T(0), ldb, ldc);
     return;
   }
 #endif
+  // One map type (with a run-time row stride) for whole matrices and column blocks alike, so that
+  // Eigen's product is instantiated once.
   using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  Eigen::Map<const Matrix> ma(a, m, k);
-  Eigen::Map<Matrix> mo(out, m, n);
+  using Stride = Eigen::OuterStride<>;
+  Eigen::Map<const Matrix, 0, Stride> ma(a, m, k, Stride(k));
+  Eigen::Map<Matrix, 0, Stride> mo(out, m, n, Stride(ldc));
   if (transpose_b) {  // Not on the ops' paths (TransposedForGemm): a plain loop, cheap to compile.
     for (int i = 0; i < m; ++i) {
       for (int j = 0; j < n; ++j) {
         T sum = 0;
-        for (int l = 0; l < k; ++l) sum += a[int64_t(i) * k + l] * b[int64_t(j) * k + l];
-        out[int64_t(i) * n + j] = accumulate ? out[int64_t(i) * n + j] + sum : sum;
+        for (int l = 0; l < k; ++l) sum += a[int64_t(i) * k + l] * b[int64_t(j) * ldb + l];
+        out[int64_t(i) * ldc + j] = accumulate ? out[int64_t(i) * ldc + j] + sum : sum;
       }
     }
     return;
   }
-  Eigen::Map<const Matrix> mb(b, k, n);
+  Eigen::Map<const Matrix, 0, Stride> mb(b, k, n, Stride(ldb));
   if (accumulate) mo.noalias() += ma * mb; else mo.noalias() = ma * mb;
 }
 

@@ -5,8 +5,8 @@
 namespace tbptt {
 
 void Gemm(int mode, const double* a, const double* b, double* out, int m, int k, int n,
-          bool transpose_b, bool accumulate) {
-  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate);
+          bool transpose_b, bool accumulate, int ldb, int ldc) {
+  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate, ldb, ldc);
 }
 
 }  // namespace tbptt

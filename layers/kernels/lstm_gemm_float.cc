@@ -11,8 +11,8 @@ const int kMklReproducible = mkl_cbwr_set(MKL_CBWR_AUTO);
 #endif
 
 void Gemm(int mode, const float* a, const float* b, float* out, int m, int k, int n,
-          bool transpose_b, bool accumulate) {
-  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate);
+          bool transpose_b, bool accumulate, int ldb, int ldc) {
+  GemmImpl(mode, a, b, out, m, k, n, transpose_b, accumulate, ldb, ldc);
 }
 
 }  // namespace tbptt

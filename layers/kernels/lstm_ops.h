@@ -8,9 +8,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/platform/threadpool.h"
 
 namespace tbptt {
 
@@ -33,19 +37,130 @@ constexpr bool kHaveMkl = true;
 constexpr bool kHaveMkl = false;
 #endif
 
-// out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); all row-major, contiguous. Defined
-// in lstm_gemm_float.cc and lstm_gemm_double.cc (lstm_gemm.h), which instantiate Eigen's matrix
-// product (the slowest code to compile here) and include MKL. With Eigen, pass b through
-// TransposedForGemm.
+// out[m, n] (+)= a[m, k] * b[k, n] (transpose_b: b is [n, k]); row-major, a contiguous, the rows of
+// b and out ldb and ldc apart (a column block of a wider matrix). Defined in lstm_gemm_float.cc and
+// lstm_gemm_double.cc (lstm_gemm.h), which instantiate Eigen's matrix product (the slowest code to
+// compile here) and include MKL. With Eigen, pass b through TransposedForGemm.
 void Gemm(int mode, const float* a, const float* b, float* out, int m, int k, int n,
-          bool transpose_b, bool accumulate);
+          bool transpose_b, bool accumulate, int ldb, int ldc);
 void Gemm(int mode, const double* a, const double* b, double* out, int m, int k, int n,
-          bool transpose_b, bool accumulate);
+          bool transpose_b, bool accumulate, int ldb, int ldc);
+
+// Runs block(i) for every i in [0, blocks): the calling thread and blocks - 1 tasks scheduled on
+// `pool` take the blocks in turn, and it returns when every block is done. A task that starts after
+// the last block was taken does nothing, so the caller never waits for a task to start (it runs
+// every block itself if none starts: no deadlock when the caller is one of the pool's threads).
+void RunBlocks(tsl::thread::ThreadPool* pool, int blocks, const std::function<void(int)>& block);
+
+// How one op call uses the op's intra-op thread pool (TensorFlow's intra_op_parallelism_threads;
+// nothing is split when it has one thread):
+//  - kRows: the rows of the batch are independent sequences, so the batch is cut into one block of
+//    rows per thread and each block runs the whole time loop (products and elementwise work) on
+//    its own thread; one fork and join per call. Each thread multiplies by all of R, so this is
+//    chosen when the weights fit in a core's L2 cache (kRowSplitMaxWeightBytes) and the call has
+//    at least kRowSplitMinWork multiply-adds in its products.
+//  - kColumns: only the per-step products [m, k] x [k, n] of at least kColumnSplitMinWork
+//    multiply-adds are cut by output columns, one block per thread, every step (the threads share
+//    the reading of R, which does not fit in L2); the elementwise work stays on the op's thread.
+//  - kNone: everything on the op's thread.
+// $TBPTT_KERNEL_SPLIT (none, rows or columns; read at every call; unset or another value: the
+// choice above) forces one of them where the pool and the shape allow it (tests, benchmarks).
+// The blocks are a fixed function of the shape and the pool's size, and a block's floats do not
+// depend on which thread computes it, so the results are reproducible for a given thread count;
+// across thread counts they agree within float rounding (a smaller product may round differently,
+// and the backward op then sums the layer-norm and peephole gradients per block).
+enum class Split { kNone, kRows, kColumns };
+constexpr int64_t kRowSplitMaxWeightBytes = int64_t(1) << 20;
+constexpr int64_t kRowSplitMinWork = 4000000;
+constexpr int64_t kColumnSplitMinWork = 4000000;
+
+class KernelThreads {
+ public:
+  // steps, batch: of the call; step_work: the multiply-adds of one step's products; weight_bytes:
+  // the size of R (and P).
+  KernelThreads(OpKernelContext* ctx, int mode, int steps, int batch, int64_t step_work,
+                int64_t weight_bytes)
+      : mode_(mode) {
+    const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    pool_ = threads->workers;
+    threads_ = pool_ != nullptr ? threads->num_threads : 1;
+    const char* env = std::getenv("TBPTT_KERNEL_SPLIT");
+    const std::string forced = env != nullptr ? env : "";
+    if (threads_ < 2 || forced == "none") {
+      split_ = Split::kNone;
+    } else if (forced == "rows" || forced == "columns") {
+      split_ = forced == "rows" ? Split::kRows : Split::kColumns;
+    } else if (weight_bytes <= kRowSplitMaxWeightBytes && step_work * steps >= kRowSplitMinWork) {
+      split_ = Split::kRows;
+    } else {
+      split_ = Split::kColumns;  // each product still checks kColumnSplitMinWork
+      min_column_work_ = kColumnSplitMinWork;
+    }
+    row_blocks_ = split_ == Split::kRows ? std::min(threads_, batch) : 1;
+    if (row_blocks_ < 2) row_blocks_ = 1;
+  }
+
+  // Calls rows(b0, nb, i) for the blocks i of rows [b0, b0 + nb) that cover [0, batch): one block
+  // per thread when the call is split by rows, else one block of all rows on the calling thread.
+  template <typename Fn>
+  void ForRowBlocks(int batch, const Fn& rows) const {
+    if (row_blocks_ == 1) {
+      rows(0, batch, 0);
+      return;
+    }
+    const int blocks = row_blocks_;
+    RunBlocks(pool_, blocks, [&](int i) {
+      const int b0 = int(int64_t(batch) * i / blocks), b1 = int(int64_t(batch) * (i + 1) / blocks);
+      rows(b0, b1 - b0, i);
+    });
+  }
+  int row_blocks() const { return row_blocks_; }
+
+  // out[m, n] = a[m, k] * b, b [k, n] (transpose_b: [n, k]), cut into column blocks when the call
+  // is split by columns and the product is large enough.
+  template <typename T>
+  void Product(const T* a, const T* b, T* out, int m, int k, int n, bool transpose_b) const {
+    const int ldb = transpose_b ? k : n;
+    int blocks = 1;
+    if (split_ == Split::kColumns && int64_t(m) * k * n >= min_column_work_) {
+      blocks = std::max(1, std::min(threads_, n / kAlign));
+    }
+    if (blocks == 1) {
+      Gemm(mode_, a, b, out, m, k, n, transpose_b, false, ldb, n);
+      return;
+    }
+    RunBlocks(pool_, blocks, [&](int i) {
+      const int j0 = Boundary(n, blocks, i), j1 = Boundary(n, blocks, i + 1);
+      const T* bj = transpose_b ? b + int64_t(j0) * ldb : b + j0;
+      Gemm(mode_, a, bj, out + j0, m, k, j1 - j0, transpose_b, false, ldb, n);
+    });
+  }
+
+ private:
+  // Column blocks start at multiples of 16 columns (a 64-byte line of floats).
+  static constexpr int kAlign = 16;
+  static int Boundary(int n, int blocks, int i) {
+    return i == blocks ? n : int(int64_t(n) * i / blocks / kAlign * kAlign);
+  }
+
+  int mode_;
+  tsl::thread::ThreadPool* pool_;
+  int threads_;
+  Split split_;
+  int row_blocks_ = 1;
+  int64_t min_column_work_ = 0;
+};
+
+// The ops' scratch buffers, aligned as TensorFlow aligns tensors (EIGEN_MAX_ALIGN_BYTES, 64 with
+// AVX-512): MKL's and Eigen's products may take a different path, and round differently, for
+// differently aligned operands, and malloc's alignment changes from run to run (with the thread).
+template <typename T>
+using Buffer = std::vector<T, Eigen::aligned_allocator<T>>;
 
 // The right operand of out = a b^T for Gemm, b [n, k]: MKL reads b as it is (*transpose_b = true);
 // for Eigen, a transposed copy [k, n] in *copy (*transpose_b = false), made once per op call.
 template <typename T>
-const T* TransposedForGemm(int mode, const T* b, int n, int k, std::vector<T>* copy,
+const T* TransposedForGemm(int mode, const T* b, int n, int k, Buffer<T>* copy,
                            bool* transpose_b) {
   *transpose_b = mode != kGemmEigen;
   if (*transpose_b) return b;

@@ -10,6 +10,8 @@ rtol 1e-5 normwise: the kernel's largest error, measured against the float64 loo
 of the tensor's largest magnitude.
 """
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -135,3 +137,44 @@ def test_each_matrix_library_gives_the_loops_result(gemm, monkeypatch):
   _, fused = _run("fused", VARIANTS["everything"], SHAPES[3], "float64", None, True,
                   source=reference)
   _assert_same(fused, loop, "float64")
+
+
+# The kernel's work split across the intra-op threads (KernelThreads in lstm_ops.h), forced with
+# $TBPTT_KERNEL_SPLIT: by rows (B = 3 on two threads: blocks of 1 and 2 rows), or by the columns of
+# every product wide enough for two blocks of 16 columns. At (B, T, F, u) below with num_proj 33 all
+# four products are: 4u = 160 columns forward, out = 33 (an uneven last block) for h_in R^T and the
+# projection, u = 40 for m P^T.
+SPLIT_SHAPE = (3, 6, 7, 40)
+SPLIT_VARIANTS = {"plain": {}, "everything_and_dropout": dict(
+    FUSED_VARIANTS["everything_and_dropout"], num_proj=33)}
+
+
+def _intra_op_threads() -> int:
+  return tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()
+
+
+@pytest.mark.parametrize("gemm", ["mkl", "eigen"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("variant", sorted(SPLIT_VARIANTS))
+@pytest.mark.parametrize("split", ["rows", "columns"])
+def test_split_work_gives_the_one_thread_result_and_repeats(split, variant, dtype, gemm,
+                                                            monkeypatch):
+  if _intra_op_threads() < 2:
+    pytest.skip("the intra-op pool has one thread: the kernel never splits its work")
+  if gemm == "mkl" and kernels.build.mkl() is None:
+    pytest.skip("MKL is not installed: the kernel multiplies with Eigen only")
+  monkeypatch.setattr(kernels, "gemm_mode", kernels.GEMM_EIGEN if gemm == "eigen" else
+                      kernels.GEMM_MKL)
+  kwargs = SPLIT_VARIANTS[variant]
+  monkeypatch.setenv("TBPTT_KERNEL_SPLIT", "none")
+  reference, whole = _run("fused", kwargs, SPLIT_SHAPE, dtype, None, True)
+  monkeypatch.setenv("TBPTT_KERNEL_SPLIT", split)
+  _, first = _run("fused", kwargs, SPLIT_SHAPE, dtype, None, True, source=reference)
+  _, second = _run("fused", kwargs, SPLIT_SHAPE, dtype, None, True, source=reference)
+  for name, expected in whole.items():
+    np.testing.assert_array_equal(second[name], first[name], err_msg=name)
+    if dtype == "float64":
+      np.testing.assert_allclose(first[name], expected, rtol=1e-12, atol=1e-12, err_msg=name)
+    else:  # A block of fewer rows rounds differently; layer norm amplifies it (module docstring).
+      error = np.max(np.abs(np.asarray(first[name]) - np.asarray(expected)))
+      assert error <= 1e-5 * max(1.0, np.max(np.abs(expected))), (name, error)
