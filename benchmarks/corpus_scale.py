@@ -121,13 +121,15 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="4 MB and 8 MB files: a smoke run")
   parser.add_argument("--rounds", type=int, default=3, help="interleaved speed runs per corpus")
+  parser.add_argument("--speed_steps", type=int, default=300,
+                      help="steps of each speed run (longer runs: steadier medians)")
   parser.add_argument("--speed_only", action="store_true", help="only the steps/s comparison "
                       "(the text files of an earlier --workdir are reused)")
   parser.add_argument("--workdir", default=None, help="where the text files go (default: a "
                       "temporary folder, removed at the end)")
   args = parser.parse_args(argv)
   small, large = (4 * MB, 8 * MB) if args.quick else (100 * MB, 1000 * MB)
-  speed_steps = 100 if args.quick else 300
+  speed_steps = 100 if args.quick else args.speed_steps
   work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="tbptt-corpus-scale-"))
   work.mkdir(parents=True, exist_ok=True)
   try:
