@@ -71,6 +71,10 @@ def drop(directory: str, prefixes: list[str]) -> None:
 
   Whenever the process is killed, the state file lists only checkpoints whose files are whole.
   """
+  # Absolute: given a relative directory, TensorFlow rewrites relative names as relative to the
+  # current directory's view of it ("../../../ckpt-500" for runs/demo/checkpoints).
+  directory = os.path.abspath(directory)
+  prefixes = [os.path.abspath(p) for p in prefixes]
   state = tf.train.get_checkpoint_state(directory)
   paths = list(state.all_model_checkpoint_paths) if state is not None else []
   stamps = list(state.all_model_checkpoint_timestamps) if state is not None else []

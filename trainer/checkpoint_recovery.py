@@ -164,6 +164,7 @@ def write_state(directory: str, prefixes: list) -> None:
   times, so that a `tf.train.CheckpointManager` manages (and rotates) them as its own."""
   if not prefixes:
     return
+  directory = os.path.abspath(directory)  # Else TensorFlow rewrites the names (see `drop`).
   names = [os.path.basename(p) for p in prefixes]
   stamps = [tf.io.gfile.stat(p + ".index").mtime_nsec / 1e9 for p in prefixes]
   tf.compat.v1.train.update_checkpoint_state(

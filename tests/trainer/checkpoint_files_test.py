@@ -25,3 +25,26 @@ def test_a_checkpoint_is_whole_with_its_index_and_every_shard(tmp_path):
 
 def test_a_missing_folder_holds_no_checkpoint(tmp_path):
   assert complete([str(tmp_path / "gone" / "ckpt-1")]) == []
+
+
+def test_dropping_from_a_relative_folder_keeps_the_state_file_readable(tmp_path, monkeypatch):
+  """Given a relative folder, TensorFlow would rewrite the listed names relative to the current
+  directory's view of it ("../../../ckpt-1"); the state file must still name the checkpoints."""
+  import tensorflow as tf
+
+  from tbptt.trainer.checkpoint_files import drop
+  from tbptt.trainer.checkpoint_recovery import write_state
+  monkeypatch.chdir(tmp_path)
+  directory = os.path.join("runs", "demo", "checkpoints")
+  manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), directory, 5)
+  for step in (1, 2, 3):
+    manager.save(checkpoint_number=step)
+  drop(directory, [os.path.join(directory, "ckpt-2")])
+  state = tf.train.get_checkpoint_state(directory)
+  assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["ckpt-1", "ckpt-3"]
+  assert all(is_complete(p) for p in state.all_model_checkpoint_paths)
+  assert is_complete(state.model_checkpoint_path)
+  write_state(directory, [os.path.join(directory, "ckpt-3")])
+  state = tf.train.get_checkpoint_state(directory)
+  assert is_complete(state.model_checkpoint_path)
+  assert "../" not in open(os.path.join(directory, "checkpoint")).read()
