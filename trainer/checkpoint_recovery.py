@@ -68,7 +68,7 @@ def committed(directory: str) -> list[str] | None:
   paths = list(state.all_model_checkpoint_paths)
   if state.model_checkpoint_path and state.model_checkpoint_path not in paths:
     paths.append(state.model_checkpoint_path)
-  return [p if os.path.isabs(p) else os.path.join(directory, p) for p in paths]
+  return paths  # TensorFlow has already joined relative names to `directory`.
 
 
 def on_disk(directory: str) -> list[str]:

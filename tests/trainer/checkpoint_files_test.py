@@ -33,7 +33,7 @@ def test_dropping_from_a_relative_folder_keeps_the_state_file_readable(tmp_path,
   import tensorflow as tf
 
   from tbptt.trainer.checkpoint_files import drop
-  from tbptt.trainer.checkpoint_recovery import write_state
+  from tbptt.trainer.checkpoint_recovery import choose, committed, write_state
   monkeypatch.chdir(tmp_path)
   directory = os.path.join("runs", "demo", "checkpoints")
   manager = tf.train.CheckpointManager(tf.train.Checkpoint(v=tf.Variable(1.0)), directory, 5)
@@ -48,3 +48,7 @@ def test_dropping_from_a_relative_folder_keeps_the_state_file_readable(tmp_path,
   state = tf.train.get_checkpoint_state(directory)
   assert is_complete(state.model_checkpoint_path)
   assert "../" not in open(os.path.join(directory, "checkpoint")).read()
+  assert committed(directory) == [os.path.join(directory, "ckpt-3")]
+  choice = choose(directory)
+  assert not choice.rewrite_state and not choice.warnings
+  assert choice.path == os.path.join(directory, "ckpt-3")
