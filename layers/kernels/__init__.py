@@ -6,9 +6,7 @@ graph loop. The gradient of the forward op is registered with TensorFlow, so `tf
 `tf.gradients` differentiate through it.
 """
 
-import logging
 import os
-import threading
 
 import tensorflow as tf
 
@@ -24,25 +22,14 @@ SOURCES = tuple(os.path.join(os.path.dirname(__file__), name) for name in (
 GEMM_BEST, GEMM_EIGEN, GEMM_MKL = -1, 0, 1
 gemm_mode = GEMM_BEST
 
-_lock = threading.Lock()
-_state = {"library": None, "error": None, "tried": False}
-_log = logging.getLogger(__name__)
+_library = build.OpLibrary(
+    "lstm_ops", SOURCES, on_load=lambda library: _register_gradient(),
+    unavailable="the fused LSTM kernel is unavailable, the layers run their graph loop")
 
 
 def load():
   """The loaded op library, or None if it could not be built (the cause is in `error()`)."""
-  with _lock:
-    if not _state["tried"]:
-      _state["tried"] = True
-      try:
-        path = build.build("lstm_ops", list(SOURCES))
-        _state["library"] = tf.load_op_library(path)
-        _register_gradient()
-      except (build.BuildError, tf.errors.NotFoundError, OSError) as e:
-        _state["error"] = " ".join(str(e).split())
-        _log.warning("tbptt: the fused LSTM kernel is unavailable, the layers run their graph "
-                     "loop: %s", _state["error"])
-    return _state["library"]
+  return _library.load()
 
 
 def available() -> bool:
@@ -59,8 +46,8 @@ def gemm_library() -> str | None:
 
 
 def error() -> str | None:
-  """Why the kernel is unavailable (one line), or None."""
-  return _state["error"]
+  """Why the fused kernel is unavailable (one line), or None."""
+  return _library.error
 
 
 def _empty(dtype):

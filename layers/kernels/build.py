@@ -12,15 +12,19 @@ import fcntl
 import glob
 import hashlib
 import importlib.metadata
+import logging
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent import futures
 
 import tensorflow as tf
+
+_log = logging.getLogger(__name__)
 
 # The CPU features that change the code -march=native emits; the cache key includes those present.
 _CPU_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw",
@@ -181,6 +185,45 @@ def build(name: str, sources: list, cache_dir: str | None = None, *,
         os.remove(tmp)
       shutil.rmtree(objects, ignore_errors=True)
   return target
+
+
+class OpLibrary:
+  """A custom-op library built from `sources` (see `build`), loaded once per process on first use.
+
+  A failed build or load logs one warning line, "tbptt: <unavailable>: <cause>", and `load()` then
+  returns None (callers fall back to plain TensorFlow).
+
+  Args:
+    name: The library's name (the cache file's prefix).
+    sources: Translation units and headers (see `build`).
+    unavailable: What a failure means for the user, e.g. "the fused LSTM kernel is unavailable, the
+      layers run their graph loop".
+    with_mkl: Compile and link against MKL where it is installed.
+    on_load: Called once with the loaded library (e.g. to register gradients).
+  """
+
+  def __init__(self, name: str, sources, *, unavailable: str, with_mkl: bool = True,
+               on_load=None):
+    self._name, self._sources, self._with_mkl = name, list(sources), with_mkl
+    self._unavailable, self._on_load = unavailable, on_load
+    self._lock = threading.Lock()
+    self._library, self._tried = None, False
+    self.error = None  # Why the library is unavailable (one line), or None.
+
+  def load(self):
+    """The loaded library, or None if it could not be built (the cause is in `error`)."""
+    with self._lock:
+      if not self._tried:
+        self._tried = True
+        try:
+          library = tf.load_op_library(build(self._name, self._sources, with_mkl=self._with_mkl))
+          if self._on_load is not None:
+            self._on_load(library)
+          self._library = library
+        except (BuildError, tf.errors.NotFoundError, OSError) as e:
+          self.error = " ".join(str(e).split())
+          _log.warning("tbptt: %s: %s", self._unavailable, self.error)
+      return self._library
 
 
 def _cores() -> int:

@@ -15,10 +15,8 @@ naming the cause, and the layouts then read the map through `tf.numpy_function`.
 """
 
 import dataclasses
-import logging
 import mmap
 import os
-import threading
 
 import numpy as np
 import tensorflow as tf
@@ -29,24 +27,15 @@ SOURCES = (os.path.join(os.path.dirname(__file__), "token_window.cc"),)
 # The id types token_cache.py writes (`token_ids.id_dtype`), and int32.
 DTYPES = ("uint8", "uint16", "uint32", "int32")
 
-_lock = threading.Lock()
-_state = {"library": None, "error": None, "tried": False}
-_log = logging.getLogger(__name__)
+_library = build.OpLibrary(
+    "token_window", SOURCES, with_mkl=False,
+    unavailable="the token-window op is unavailable, memory-mapped corpora are read through "
+                "tf.numpy_function")
 
 
 def load():
   """The loaded op library, or None if it could not be built (the cause is in `error()`)."""
-  with _lock:
-    if not _state["tried"]:
-      _state["tried"] = True
-      try:
-        path = build.build("token_window", list(SOURCES), with_mkl=False)
-        _state["library"] = tf.load_op_library(path)
-      except (build.BuildError, tf.errors.NotFoundError, OSError) as e:
-        _state["error"] = " ".join(str(e).split())
-        _log.warning("tbptt: the token-window op is unavailable, memory-mapped corpora are read "
-                     "through tf.numpy_function: %s", _state["error"])
-    return _state["library"]
+  return _library.load()
 
 
 def available() -> bool:
@@ -56,7 +45,7 @@ def available() -> bool:
 
 def error() -> str | None:
   """Why the op is unavailable (one line), or None."""
-  return _state["error"]
+  return _library.error
 
 
 @dataclasses.dataclass(frozen=True)
